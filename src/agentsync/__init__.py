@@ -1,0 +1,19 @@
+"""agentsync: train models and RL agents on many workers with a chosen synchronization strategy.
+
+Bring your own training loop (start it with ``torchrun --nproc-per-node 2 script.py``)::
+
+    import agentsync
+    agentsync.init()
+    sync = agentsync.make_strategy("allreduce")
+    sync.setup(model, optimizer)
+    for x, y in loader:
+        optimizer.zero_grad(); loss_fn(model(x), y).backward()
+        sync.step()
+    model = sync.finalize()
+"""
+from __future__ import annotations
+
+from agentsync.api import init, make_strategy, shutdown
+
+__version__ = "0.1.0"
+__all__ = ["init", "make_strategy", "shutdown", "__version__"]

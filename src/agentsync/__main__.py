@@ -1,0 +1,5 @@
+import sys
+
+from agentsync.cli import main
+
+sys.exit(main())

@@ -1,0 +1,62 @@
+"""The bring-your-own-loop API: ``init`` joins the job, ``make_strategy`` builds a strategy for it."""
+from __future__ import annotations
+
+import atexit
+from typing import Any
+
+from agentsync.comm import Comm, CommConfig
+from agentsync.config import build_config
+from agentsync.errors import ConfigError
+from agentsync.sync import Strategy, build_strategy
+
+_comm: Comm | None = None
+
+
+def init(**comm_options: Any) -> Comm:
+    """Join the job from RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT (torchrun's variables).
+
+    Args:
+        comm_options: fields of :class:`~agentsync.comm.CommConfig` (``timeout_s=30``, ``backend="gloo"``...).
+    Returns:
+        The process group's :class:`~agentsync.comm.Comm`, also kept for :func:`make_strategy`.
+    """
+    global _comm
+    if _comm is None:
+        config = CommConfig(**comm_options)
+        config.validate("comm")
+        _comm = Comm.from_env(config)
+        atexit.register(shutdown)
+    return _comm
+
+
+def make_strategy(name: str, *, workers: int | None = None, servers: int = 1, **options: Any) -> Strategy:
+    """A strategy for the job joined by :func:`init`, options validated as on the command line.
+
+    Args:
+        name: a registry name (``allreduce``, ``gossip``...).
+        workers: how many ranks train (default: all ranks but the servers a strategy needs).
+        servers: parameter-server ranks, for the parameter-server strategies.
+        options: the strategy's options, e.g. ``alpha=0.5, topology="ring"``.
+    """
+    if _comm is None:
+        raise RuntimeError("call agentsync.init() before agentsync.make_strategy()")
+    if workers is None:
+        workers = _comm.world_size - (servers if _needs_servers(name, servers) else 0)
+    cfg = build_config({"workers": workers, "servers": servers, "strategy": {"name": name, **options}})
+    if cfg.world_size != _comm.world_size:
+        raise ConfigError(f"strategy {name!r} with {workers} workers needs {cfg.world_size} processes, "
+                          f"but the job has {_comm.world_size}")
+    return build_strategy(cfg.strategy, _comm, num_workers=workers)
+
+
+def _needs_servers(name: str, servers: int) -> bool:
+    from agentsync.sync import strategy_class
+    return strategy_class(name).world_size(1, servers) > 1
+
+
+def shutdown() -> None:
+    """Leave the process group (registered to run at exit)."""
+    global _comm
+    if _comm is not None:
+        _comm.close()
+        _comm = None

@@ -1,0 +1,325 @@
+"""The only module that calls ``torch.distributed``.
+
+Every message the strategies send goes through :class:`Comm`, which counts it: bytes sent and
+received per rank (the analytic volume of the algorithm gloo/NCCL runs, so counts do not depend on
+transport details), messages, and seconds a rank spent blocked in communication. It also owns
+the process-group setup and its timeout, straggler and fault injection for experiments, and the
+pieces later layers need: sub-groups (workers without servers) and point-to-point messages.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import os
+import signal
+import socket
+import time
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+
+from agentsync.errors import ConfigError
+from agentsync.options import Options, check, choice
+
+FAULT_KINDS = ("kill", "hang", "nan")
+
+
+@dataclasses.dataclass(kw_only=True)
+class CommConfig(Options):
+    backend: str = "auto"
+    """Process-group backend: gloo, nccl, or auto (nccl when CUDA is available, else gloo)."""
+    device: str = "auto"
+    """Device the model trains on: cpu, cuda, or auto (cuda:LOCAL_RANK when available)."""
+    master_addr: str = "127.0.0.1"
+    """Rendezvous address for the local launcher (torchrun sets its own)."""
+    master_port: int = 0
+    """Rendezvous port for the local launcher; 0 picks a free one."""
+    timeout_s: float = 60.0
+    """Seconds any collective or message may wait before the job stops with an error."""
+    straggler: str = ""
+    """Slow ranks for experiments, as RANK:SECONDS[,RANK:SECONDS]: that rank sleeps that long every step."""
+    fault: str = ""
+    """Fault injection for tests, as RANK:KIND@STEP[,...]; KIND is kill (SIGKILL), hang, or nan (NaN gradient)."""
+
+    def validate(self, section: str) -> None:
+        choice(self.backend, f"{section}.backend", ("auto", "gloo", "nccl"))
+        choice(self.device, f"{section}.device", ("auto", "cpu", "cuda"))
+        check(self.timeout_s > 0, f"{section}.timeout_s", "> 0", self.timeout_s)
+        check(0 <= self.master_port < 65536, f"{section}.master_port", "in [0, 65535]", self.master_port)
+        parse_stragglers(self.straggler)
+        parse_faults(self.fault)
+
+
+def parse_stragglers(spec: str) -> dict[int, float]:
+    """``"1:0.2,3:0.5"`` -> ``{1: 0.2, 3: 0.5}``."""
+    out: dict[int, float] = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        try:
+            rank, seconds = item.split(":")
+            out[int(rank)] = float(seconds)
+        except ValueError:
+            raise ConfigError(f"straggler must be RANK:SECONDS[,RANK:SECONDS] (got {spec!r})") from None
+        check(out[int(rank)] >= 0 and int(rank) >= 0, "straggler", "RANK >= 0 and SECONDS >= 0", spec)
+    return out
+
+
+def parse_faults(spec: str) -> dict[int, tuple[str, int]]:
+    """``"1:kill@20"`` -> ``{1: ("kill", 20)}``."""
+    out: dict[int, tuple[str, int]] = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        try:
+            rank, rest = item.split(":")
+            kind, step = rest.split("@")
+            out[int(rank)] = (kind, int(step))
+        except ValueError:
+            raise ConfigError(f"comm.fault must be RANK:KIND@STEP with KIND in {', '.join(FAULT_KINDS)} (got {spec!r})") from None
+        choice(kind, "comm.fault kind", FAULT_KINDS)
+    return out
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+@dataclasses.dataclass
+class CommStats:
+    """What one rank spent on communication."""
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    messages: int = 0
+    comm_time_s: float = 0.0
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class Work:
+    """An in-flight operation; :meth:`wait` adds the time blocked to the owner's comm time."""
+
+    def __init__(self, comm: "Comm", work) -> None:
+        self._comm, self._work = comm, work
+
+    def wait(self) -> None:
+        start = time.perf_counter()
+        if self._work is not None:
+            self._comm._wait(self._work)
+        self._comm.stats.comm_time_s += time.perf_counter() - start
+
+
+class Comm:
+    """A rank's view of a process group, counting everything it sends.
+
+    Args:
+        rank: this process's rank in ``group``.
+        world_size: number of ranks in ``group``.
+        config: timeouts, stragglers and faults.
+        group: a ``torch.distributed`` group, or None for the default (world) group.
+        stats: shared counters (sub-groups count into their parent's).
+
+    Example::
+
+        comm = Comm.from_env(CommConfig())        # RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT
+        comm.all_reduce_(torch.ones(4))           # every rank now holds world_size * ones
+        comm.stats.bytes_sent                      # 2 (W-1)/W * 16 bytes, the ring volume
+    """
+
+    def __init__(self, rank: int, world_size: int, config: CommConfig, *, group=None,
+                 stats: CommStats | None = None, device: torch.device | None = None) -> None:
+        self.rank, self.world_size, self.config, self.group = rank, world_size, config, group
+        self.stats = stats if stats is not None else CommStats()
+        self.device = device or torch.device("cpu")
+        self._stragglers = parse_stragglers(config.straggler)
+        self._faults = parse_faults(config.fault)
+        self._counting = True
+
+    # -- set-up -----------------------------------------------------------------------------
+    @classmethod
+    def from_env(cls, config: CommConfig) -> "Comm":
+        """Join the job described by the torchrun environment variables."""
+        rank = int(os.environ.get("RANK", "0"))
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        device = resolve_device(config.device, local_rank)
+        backend = config.backend
+        if backend == "auto":
+            backend = "nccl" if device.type == "cuda" else "gloo"
+        if not dist.is_initialized():
+            os.environ.setdefault("MASTER_ADDR", config.master_addr)
+            os.environ.setdefault("MASTER_PORT", str(config.master_port or free_port()))
+            dist.init_process_group(backend, rank=rank, world_size=world_size,
+                                    timeout=datetime.timedelta(seconds=config.timeout_s),
+                                    device_id=device if device.type == "cuda" else None)
+        return cls(rank, world_size, config, device=device)
+
+    def split(self, ranks: list[int]) -> "Comm | None":
+        """A sub-group of ``ranks`` sharing these counters; every rank must call it, members get a Comm."""
+        group = dist.new_group(ranks) if self.world_size > 1 else None
+        if self.rank not in ranks:
+            return None
+        return Comm(ranks.index(self.rank), len(ranks), self.config, group=group, stats=self.stats,
+                    device=self.device)
+
+    def global_rank(self, rank: int) -> int:
+        return rank if self.group is None else dist.get_global_rank(self.group, rank)
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    # -- accounting -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def uncounted(self) -> Iterator[None]:
+        """Traffic for measurement (consensus distance, final gathers) is not the strategy's cost."""
+        saved = dataclasses.replace(self.stats)
+        self._counting = False
+        try:
+            yield
+        finally:
+            self._counting = True
+            for f in dataclasses.fields(CommStats):
+                setattr(self.stats, f.name, getattr(saved, f.name))
+
+    def _account(self, sent: float, received: float, messages: int) -> None:
+        if self._counting:
+            self.stats.bytes_sent += int(round(sent))
+            self.stats.bytes_received += int(round(received))
+            self.stats.messages += messages
+
+    def _timed(self, fn, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.stats.comm_time_s += time.perf_counter() - start
+
+    def _wait(self, work) -> None:
+        work.wait(datetime.timedelta(seconds=self.config.timeout_s))
+
+    # -- collectives ------------------------------------------------------------------------
+    def all_reduce_async(self, tensor: torch.Tensor, op: str = "sum") -> Work:
+        """Start an in-place all-reduce; ring volume 2 (W-1)/W bytes each way per rank."""
+        n, size = self.world_size, tensor.numel() * tensor.element_size()
+        if n == 1:
+            return Work(self, None)
+        self._account(2 * (n - 1) / n * size, 2 * (n - 1) / n * size, 2 * (n - 1))
+        reduce_op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op]
+        return Work(self, dist.all_reduce(tensor, op=reduce_op, group=self.group, async_op=True))
+
+    def all_reduce_(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        self.all_reduce_async(tensor, op).wait()
+        return tensor
+
+    def average_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """In-place mean over the group."""
+        return self.all_reduce_(tensor).div_(self.world_size)
+
+    def broadcast_(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+        """In-place broadcast from group rank ``src``; the root sends W-1 copies, others receive one."""
+        n, size = self.world_size, tensor.numel() * tensor.element_size()
+        if n == 1:
+            return tensor
+        if self.rank == src:
+            self._account(size * (n - 1), 0, n - 1)
+        else:
+            self._account(0, size, 1)
+        self._timed(lambda: self._wait(dist.broadcast(tensor, self.global_rank(src), group=self.group,
+                                                      async_op=True)))
+        return tensor
+
+    def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's ``tensor`` (same shape on all ranks); ring volume (W-1) copies each way."""
+        n, size = self.world_size, tensor.numel() * tensor.element_size()
+        if n == 1:
+            return [tensor.clone()]
+        out = [torch.empty_like(tensor) for _ in range(n)]
+        self._account(size * (n - 1), size * (n - 1), n - 1)
+        self._timed(lambda: self._wait(dist.all_gather(out, tensor, group=self.group, async_op=True)))
+        return out
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            self._timed(lambda: self._wait(dist.barrier(group=self.group, async_op=True)))
+
+    # -- point-to-point ---------------------------------------------------------------------
+    def isend(self, tensor: torch.Tensor, dst: int, tag: int = 0) -> Work:
+        self._account(tensor.numel() * tensor.element_size(), 0, 1)
+        return Work(self, dist.isend(tensor, self.global_rank(dst), group=self.group, tag=tag))
+
+    def irecv(self, tensor: torch.Tensor, src: int | None = None, tag: int = 0) -> Work:
+        self._account(0, tensor.numel() * tensor.element_size(), 0)
+        src = None if src is None else self.global_rank(src)
+        return Work(self, dist.irecv(tensor, src, group=self.group, tag=tag))
+
+    def send(self, tensor: torch.Tensor, dst: int, tag: int = 0) -> None:
+        self.isend(tensor, dst, tag).wait()
+
+    def recv(self, tensor: torch.Tensor, src: int | None = None, tag: int = 0) -> None:
+        self.irecv(tensor, src, tag).wait()
+
+    def exchange(self, send: torch.Tensor, recv: torch.Tensor, peer: int, tag: int = 0) -> None:
+        """Swap equal-sized tensors with ``peer`` without deadlock (both sides post both)."""
+        works = [self.irecv(recv, peer, tag), self.isend(send, peer, tag)]
+        for work in works:
+            work.wait()
+
+    # -- bytes over tensors (checkpoint gathers; no pickles travel) -------------------------
+    def gather_bytes(self, payload: bytes, dst: int = 0) -> list[bytes] | None:
+        """Every rank's ``payload`` at ``dst`` (others get None), carried as uint8 tensors."""
+        if self.world_size == 1:
+            return [payload]
+        length = torch.tensor([len(payload)], dtype=torch.int64)
+        lengths = [int(x) for x in self.all_gather(length)]
+        data = torch.zeros(max(lengths), dtype=torch.uint8)
+        data[: len(payload)] = torch.frombuffer(bytearray(payload), dtype=torch.uint8) if payload else data[:0]
+        gathered = self.all_gather(data)
+        if self.rank != dst:
+            return None
+        return [bytes(t[:n].numpy().tobytes()) for t, n in zip(gathered, lengths)]
+
+    def broadcast_bytes(self, payload: bytes | None, src: int = 0) -> bytes:
+        if self.world_size == 1:
+            return payload or b""
+        length = torch.tensor([len(payload) if self.rank == src else 0], dtype=torch.int64)
+        self.broadcast_(length, src)
+        data = torch.zeros(int(length), dtype=torch.uint8)
+        if self.rank == src and payload:
+            data[:] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+        self.broadcast_(data, src)
+        return bytes(data.numpy().tobytes())
+
+    # -- experiments ------------------------------------------------------------------------
+    def straggle(self) -> None:
+        """Sleep this rank's straggler delay (simulated slow compute; not communication time)."""
+        delay = self._stragglers.get(self.rank_in_world, 0.0)
+        if delay:
+            time.sleep(delay)
+
+    def inject_fault(self, step: int, grads: list[torch.Tensor]) -> None:
+        """Carry out this rank's configured fault when ``step`` is reached (test hook)."""
+        kind, at = self._faults.get(self.rank_in_world, ("", -1))
+        if step != at:
+            return
+        if kind == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif kind == "hang":
+            time.sleep(10 ** 6)
+        elif kind == "nan":
+            for g in grads:
+                g.fill_(float("nan"))
+
+    @property
+    def rank_in_world(self) -> int:
+        return self.global_rank(self.rank)
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("comm.device is cuda but no CUDA device is available; use cpu or auto")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())

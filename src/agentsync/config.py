@@ -1,0 +1,179 @@
+"""``RunConfig``: everything a run needs, from a TOML file, CLI flags and ``--set`` overrides.
+
+Precedence, lowest first: defaults, the task's defaults, ``--config FILE.toml``, top-level flags
+(``--workers``...), ``--set section.option=value``. Sections are ``task``, ``strategy``,
+``optimizer``, ``comm`` and ``launch``; each is the config dataclass of the chosen component, so
+``--set strategy.alpha=0.5`` is checked against the chosen strategy's fields. All validation
+happens in :meth:`RunConfig.validate`, before anything is written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from agentsync.comm import CommConfig
+from agentsync.errors import ConfigError
+from agentsync.optim import OptimizerConfig
+from agentsync.options import Options, check, choice, coerce
+from agentsync.sync import StrategyConfig, strategy_class
+from agentsync.tasks import TaskConfig, task_class
+
+LAUNCHERS = ("local", "torchrun", "ray")
+SECTIONS = ("task", "strategy", "optimizer", "comm", "launch")
+
+
+@dataclasses.dataclass(kw_only=True)
+class LaunchConfig(Options):
+    name: str = "local"
+    """How workers start: local (spawned processes on this machine), torchrun (already started by torchrun), ray."""
+    threads_per_worker: int = 1
+    """torch intra-op threads in each worker process."""
+
+    def validate(self, section: str) -> None:
+        choice(self.name, f"{section}.name", LAUNCHERS)
+        check(self.threads_per_worker >= 1, f"{section}.threads_per_worker", ">= 1", self.threads_per_worker)
+
+
+@dataclasses.dataclass(kw_only=True)
+class RunConfig(Options):
+    workers: int = 2
+    """Training processes W."""
+    servers: int = 1
+    """Parameter-server processes S (parameter-server strategies only)."""
+    steps: int | None = None
+    """Optimizer steps per worker (default: the task's)."""
+    seed: int = 0
+    """Seed of model initialisation, data order and environments."""
+    out: str = ""
+    """Run folder (default: runs/<task>-<strategy>-<time>)."""
+    eval_every: int | None = None
+    """Evaluate every this many steps (default: the task's; 0: only at the end)."""
+    log_every: int = 10
+    """Write a training-loss line to metrics.jsonl every this many steps."""
+    checkpoint_every: int = 500
+    """Write checkpoint.pt every this many steps (and always at the end; 0: only at the end)."""
+    task: TaskConfig = dataclasses.field(default_factory=lambda: task_class("digits").Config())
+    strategy: StrategyConfig = dataclasses.field(default_factory=lambda: strategy_class("allreduce").Config())
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    comm: CommConfig = dataclasses.field(default_factory=CommConfig)
+    launch: LaunchConfig = dataclasses.field(default_factory=LaunchConfig)
+
+    @property
+    def world_size(self) -> int:
+        """Processes the job runs: the workers, plus servers for parameter-server strategies."""
+        return strategy_class(self.strategy.name).world_size(self.workers, self.servers)
+
+    def resolved(self) -> "RunConfig":
+        """A copy with every default filled in from the task, ready to write and re-run."""
+        task = task_class(self.task.name)
+        out = dataclasses.replace(self, optimizer=self.optimizer.merged(task.default_optimizer))
+        if out.steps is None:
+            out.steps = task.default_steps
+        if out.eval_every is None:
+            out.eval_every = task.default_eval_every
+        if not out.out:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            out.out = str(Path("runs") / f"{self.task.name}-{self.strategy.name}-{stamp}")
+        return out
+
+    def validate(self, section: str = "") -> None:
+        check(self.workers >= 1, "workers", ">= 1", self.workers)
+        check(self.servers >= 1, "servers", ">= 1", self.servers)
+        check(self.steps is None or self.steps >= 0, "steps", ">= 0", self.steps)
+        for name in ("eval_every", "checkpoint_every"):
+            value = getattr(self, name)
+            check(value is None or value >= 0, name, ">= 0", value)
+        check(self.log_every >= 1, "log_every", ">= 1", self.log_every)
+        for name in SECTIONS:
+            getattr(self, name).validate(name)
+        if hasattr(self.strategy, "validate_run"):
+            self.strategy.validate_run(self)
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(as_dict(self))
+
+
+def as_dict(cfg: RunConfig) -> dict[str, Any]:
+    """Top-level scalars then one table per section, with unset (None) values left out."""
+    def clean(obj):
+        return {k: v for k, v in dataclasses.asdict(obj).items() if v is not None}
+    top = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in SECTIONS}
+    return {**{k: v for k, v in top.items() if v is not None}, **{s: clean(getattr(cfg, s)) for s in SECTIONS}}
+
+
+SECTION_CLASSES = {"optimizer": OptimizerConfig, "comm": CommConfig, "launch": LaunchConfig}
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"malformed TOML in {str(path)!r}: {e}") from None
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``["strategy.alpha=0.5", "workers=4"]`` -> nested dict of raw strings."""
+    raw: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set takes section.option=value (got {item!r})")
+        *section, option = key.strip().split(".")
+        if len(section) > 1:
+            raise ConfigError(f"--set key {key!r} has more than one dot; use section.option")
+        target = raw.setdefault(section[0], {}) if section else raw
+        if not isinstance(target, dict):
+            raise ConfigError(f"--set key {key!r}: {section[0]} is not a section")
+        target[option] = value.strip()
+    return raw
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def build_config(raw: dict[str, Any]) -> RunConfig:
+    """A validated :class:`RunConfig` from a nested dict of TOML or string values."""
+    raw = dict(raw)
+    sections = {s: raw.pop(s, {}) for s in SECTIONS}
+    for name, value in sections.items():
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} must be a table with a name key, e.g. [{name}] name = ...")
+    task_cls = task_class(sections["task"].get("name", "digits")).Config
+    strategy_cls = strategy_class(sections["strategy"].get("name", "allreduce")).Config
+    classes = {"task": task_cls, "strategy": strategy_cls, **SECTION_CLASSES}
+    built = {s: classes[s](**{k: coerce(classes[s], s, k, v) for k, v in sections[s].items()})
+             for s in SECTIONS}
+    top_fields = {f.name for f in dataclasses.fields(RunConfig)} - set(SECTIONS)
+    for key in raw:
+        if key not in top_fields:
+            raise ConfigError(f"unknown option {key!r}; top-level options: {', '.join(sorted(top_fields))}; "
+                              f"sections: {', '.join(SECTIONS)}")
+    cfg = RunConfig(**{k: coerce(RunConfig, "", k, v) for k, v in raw.items()}, **built)
+    cfg = cfg.resolved()
+    cfg.validate()
+    return cfg
+
+
+def load_config(path: str | Path | None = None, *, flags: dict[str, Any] | None = None,
+                overrides: list[str] = ()) -> RunConfig:
+    """File, then flags (dotted keys allowed: ``{"strategy.name": "gossip"}``), then ``--set``."""
+    raw = read_toml(path) if path else {}
+    for key, value in (flags or {}).items():
+        if value is not None:
+            raw = merge(raw, parse_set([f"{key}={value}"]) if not isinstance(value, dict) else value)
+    return build_config(merge(raw, parse_set(list(overrides))))

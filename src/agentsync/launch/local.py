@@ -1,0 +1,117 @@
+"""The default launcher: the job's processes spawned on this machine, rendezvous over loopback.
+
+The parent watches its children. When a rank dies under a strategy that cannot lose workers,
+the others get ``comm.timeout_s`` plus a grace period to stop on their own (they normally fail
+at once, their peer's socket closed); any still running then are killed, and the job fails with
+a message naming the rank that died first. Under strategies that tolerate losses, survivors
+finish and report the loss themselves.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from agentsync.comm import free_port
+from agentsync.config import RunConfig
+from agentsync.errors import JobFailed
+from agentsync.launch import prepare_run_dir
+from agentsync.metrics import SUMMARY
+from agentsync.runtime import ProgressFactory, run_worker
+from agentsync.sync import strategy_class
+
+GRACE_S = 10.0
+POLL_S = 0.05
+
+
+def _entry(cfg: RunConfig, run_dir: str, resume: bool, progress: ProgressFactory | None, env: dict) -> None:
+    """A child process: one rank of the job."""
+    os.environ.update(env)
+    torch.set_num_threads(cfg.launch.threads_per_worker)
+    rank = int(env["RANK"])
+    try:
+        run_worker(cfg, run_dir, resume=resume, progress=progress)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BaseException as e:  # report on one line; the traceback goes to the run folder
+        errors = Path(run_dir) / "errors"
+        errors.mkdir(exist_ok=True)
+        (errors / f"rank-{rank}.txt").write_text(traceback.format_exc())
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        print(f"agentsync: rank {rank}: {type(e).__name__}: {first_line}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def launch_local(cfg: RunConfig, *, resume: bool, progress: ProgressFactory | None) -> bool:
+    run_dir = prepare_run_dir(cfg, resume=resume)
+    world = cfg.world_size
+    base_env = {"WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": cfg.comm.master_addr,
+                "MASTER_PORT": str(cfg.comm.master_port or free_port(cfg.comm.master_addr))}
+    ctx = mp.get_context("spawn")
+    procs = []
+    try:
+        for rank in range(world):
+            env = {**base_env, "RANK": str(rank), "LOCAL_RANK": str(rank)}
+            proc = ctx.Process(target=_entry, args=(cfg, str(run_dir), resume, progress, env),
+                               name=f"agentsync-rank-{rank}", daemon=False)
+            proc.start()
+            procs.append(proc)
+        failures, hung = watch(procs, tolerant=strategy_class(cfg.strategy.name).tolerates_worker_loss,
+                               grace_s=cfg.comm.timeout_s + GRACE_S)
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+            proc.join()
+    tolerated = strategy_class(cfg.strategy.name).tolerates_worker_loss and (run_dir / SUMMARY).exists()
+    if (failures or hung) and not tolerated:
+        raise JobFailed(failure_message(failures, hung))
+    return True
+
+
+def watch(procs: list, *, tolerant: bool, grace_s: float) -> tuple[list[tuple[int, str]], list[int]]:
+    """Wait for every process; returns failures in the order seen (signal deaths first within a poll)
+    and the ranks killed for not stopping within ``grace_s`` after a failure."""
+    failures: list[tuple[int, str]] = []
+    seen: set[int] = set()
+    deadline = None
+    while True:
+        fresh = [(rank, p.exitcode) for rank, p in enumerate(procs)
+                 if rank not in seen and p.exitcode not in (None, 0)]
+        for rank, code in sorted(fresh, key=lambda rc: rc[1] >= 0):
+            seen.add(rank)
+            failures.append((rank, describe_exit(code)))
+        alive = [rank for rank, p in enumerate(procs) if p.is_alive()]
+        if not alive:
+            return failures, []
+        if failures and not tolerant:
+            deadline = deadline or time.monotonic() + grace_s
+            if time.monotonic() > deadline:
+                for rank in alive:
+                    procs[rank].kill()
+                return failures, alive
+        time.sleep(POLL_S)
+
+
+def failure_message(failures: list[tuple[int, str]], hung: list[int]) -> str:
+    if not failures:
+        return f"rank(s) {', '.join(map(str, hung))} stopped responding; the job was stopped"
+    rank, what = failures[0]
+    message = f"rank {rank} {what}; the job stopped"
+    rest = [f"rank {r} {w}" for r, w in failures[1:]] + [f"rank {r} was killed after not stopping" for r in hung]
+    return message + (f" (then {'; '.join(rest)})" if rest else "")

@@ -1,0 +1,48 @@
+"""The Ray launcher: one actor per rank, rendezvous at the first actor's node address.
+
+Needs the ``ray`` extra (``pip install 'agentsync[ray]'``). Connects to a running cluster when
+``RAY_ADDRESS`` is set, else starts a local one bound to 127.0.0.1.
+"""
+from __future__ import annotations
+
+import os
+
+from agentsync.comm import free_port
+from agentsync.config import RunConfig
+from agentsync.errors import ConfigError, JobFailed
+from agentsync.launch import prepare_run_dir
+from agentsync.runtime import ProgressFactory, run_worker
+
+
+def _rank_main(cfg: RunConfig, run_dir: str, resume: bool, progress, env: dict) -> None:
+    import torch
+
+    os.environ.update(env)
+    torch.set_num_threads(cfg.launch.threads_per_worker)
+    run_worker(cfg, run_dir, resume=resume, progress=progress)
+
+
+def launch_ray(cfg: RunConfig, *, resume: bool, progress: ProgressFactory | None) -> bool:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("launch.name is ray but Ray is not installed; pip install 'agentsync[ray]'") from None
+    run_dir = prepare_run_dir(cfg, resume=resume)
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init()
+        else:
+            ray.init(num_cpus=max(2, cfg.world_size), include_dashboard=False, _node_ip_address="127.0.0.1")
+    world = cfg.world_size
+    remote = ray.remote(num_cpus=0)(_rank_main)
+    env = {"WORLD_SIZE": str(world), "MASTER_ADDR": cfg.comm.master_addr,
+           "MASTER_PORT": str(cfg.comm.master_port or free_port(cfg.comm.master_addr))}
+    refs = [remote.remote(cfg, str(run_dir), resume, progress, {**env, "RANK": str(r), "LOCAL_RANK": "0"})
+            for r in range(world)]
+    try:
+        ray.get(refs, timeout=None)
+    except Exception as e:
+        for ref in refs:
+            ray.cancel(ref, force=True)
+        raise JobFailed(f"a Ray worker failed: {str(e).strip().splitlines()[0]}") from None
+    return True

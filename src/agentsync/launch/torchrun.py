@@ -1,0 +1,36 @@
+"""Under torchrun: this process is already one rank; the same command line works on many machines.
+
+    torchrun --standalone --nproc-per-node 2 -m agentsync train --launcher torchrun --task digits
+    torchrun --nnodes 2 --node-rank 0 --rdzv-endpoint HOST:29400 --nproc-per-node 4 \\
+        -m agentsync train --launcher torchrun --workers 8
+
+Rank 0 chooses the run folder and tells the others, so a default, time-stamped name agrees.
+"""
+from __future__ import annotations
+
+import os
+
+from agentsync.comm import Comm
+from agentsync.config import RunConfig
+from agentsync.errors import ConfigError
+from agentsync.launch import prepare_run_dir
+from agentsync.runtime import ProgressFactory, run_worker
+
+
+def launch_torchrun(cfg: RunConfig, *, resume: bool, progress: ProgressFactory | None) -> bool:
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise ConfigError("launch.name is torchrun but RANK/WORLD_SIZE are not set; start the command under "
+                          "torchrun, or use --launcher local")
+    world = int(os.environ["WORLD_SIZE"])
+    if world != cfg.world_size:
+        raise ConfigError(f"torchrun started {world} processes but the job needs {cfg.world_size} "
+                          f"(workers={cfg.workers}{' + servers' if cfg.world_size > cfg.workers else ''}); "
+                          "set --nproc-per-node/--nnodes or --workers to match")
+    comm = Comm.from_env(cfg.comm)
+    with comm.uncounted():
+        cfg.out = comm.broadcast_bytes(cfg.out.encode(), src=0).decode()
+        if comm.rank == 0:
+            prepare_run_dir(cfg, resume=resume)
+        comm.barrier()
+    run_worker(cfg, cfg.out, resume=resume, progress=progress, comm=comm)
+    return comm.rank == 0

@@ -1,0 +1,48 @@
+"""The optimizer section: which torch optimizer the workers (or servers) run, and its settings."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable
+
+import torch
+
+from agentsync.options import Options, check, choice
+
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+@dataclasses.dataclass(kw_only=True)
+class OptimizerConfig(Options):
+    name: str | None = None
+    """Optimizer: sgd, adam or adamw (default: the task's)."""
+    lr: float | None = None
+    """Learning rate (default: the task's)."""
+    momentum: float | None = None
+    """SGD momentum (default: the task's, else 0)."""
+    weight_decay: float | None = None
+    """Weight decay (default: the task's, else 0)."""
+    nesterov: bool | None = None
+    """Nesterov momentum, SGD only (default: off)."""
+
+    def merged(self, defaults: "OptimizerConfig") -> "OptimizerConfig":
+        """Unset fields taken from ``defaults``, then from plain zeros."""
+        out = OptimizerConfig(momentum=0.0, weight_decay=0.0, nesterov=False)
+        for source in (defaults, self):
+            for f in dataclasses.fields(self):
+                if getattr(source, f.name) is not None:
+                    setattr(out, f.name, getattr(source, f.name))
+        return out
+
+    def validate(self, section: str) -> None:
+        choice(self.name, f"{section}.name", OPTIMIZERS)
+        check(self.lr >= 0, f"{section}.lr", ">= 0", self.lr)
+        check(0 <= self.momentum < 1, f"{section}.momentum", "in [0, 1)", self.momentum)
+        check(self.weight_decay >= 0, f"{section}.weight_decay", ">= 0", self.weight_decay)
+        check(not self.nesterov or (self.name == "sgd" and self.momentum > 0), f"{section}.nesterov",
+              "used only with sgd and momentum > 0", self.nesterov)
+
+    def build(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        if self.name == "sgd":
+            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
+                                   weight_decay=self.weight_decay, nesterov=self.nesterov)
+        return OPTIMIZERS[self.name](params, lr=self.lr, weight_decay=self.weight_decay)

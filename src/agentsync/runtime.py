@@ -1,0 +1,181 @@
+"""The one worker loop every launcher runs: build, train, evaluate, checkpoint, report.
+
+Each process of a job calls :func:`run_worker`. Workers train; server ranks of a parameter-server
+strategy serve inside ``strategy.setup`` and rejoin here for the end-of-run collection. The rank
+the strategy names reporter (worker 0 by default) writes checkpoint.pt and summary.json; every
+rank appends its own lines to metrics.jsonl.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+
+from agentsync.checkpoint import from_bytes, load_checkpoint, save_checkpoint, to_bytes
+from agentsync.comm import Comm
+from agentsync.config import RunConfig
+from agentsync.metrics import MetricsLog, write_summary
+from agentsync.sync import Strategy, build_strategy, strategy_class
+from agentsync.tasks import Task, build_task
+
+
+class Progress(Protocol):
+    def update(self, step: int, **fields: float) -> None: ...
+    def close(self) -> None: ...
+
+
+ProgressFactory = Callable[[int, int], Progress]  # (total_steps, start_step) -> Progress
+
+
+def run_worker(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
+               progress: ProgressFactory | None = None, comm: Comm | None = None) -> None:
+    """Run this rank to the end; joins the job from the torchrun-style environment unless given ``comm``."""
+    comm = comm or Comm.from_env(cfg.comm)
+    try:
+        Worker(cfg, Path(run_dir), comm, resume=resume, progress=progress).run()
+    finally:
+        comm.close()
+
+
+def build_parts(cfg: RunConfig, comm: Comm) -> tuple[Strategy, Task, torch.nn.Module, torch.optim.Optimizer]:
+    """Strategy, task, model and optimizer, identically initialised on every rank from ``cfg.seed``."""
+    strategy = build_strategy(cfg.strategy, comm, num_workers=cfg.workers)
+    task = build_task(cfg.task, worker_rank=max(strategy.worker_rank, 0), num_workers=cfg.workers,
+                      seed=cfg.seed, device=comm.device)
+    torch.manual_seed(cfg.seed)
+    model = task.build_model().to(comm.device)
+    optimizer = cfg.optimizer.build(model.parameters())
+    return strategy, task, model, optimizer
+
+
+class Worker:
+    """One rank's run. Kept as an object so each phase reads as a short method."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, comm: Comm, *, resume: bool,
+                 progress: ProgressFactory | None) -> None:
+        self.cfg, self.run_dir, self.comm = cfg, run_dir, comm
+        self.t0 = time.time()
+        self.strategy, self.task, self.model, self.optimizer = build_parts(cfg, comm)
+        self.elapsed_before, self.samples = 0.0, 0
+        if resume:
+            self._restore(load_checkpoint(run_dir))
+        self.log = MetricsLog(run_dir, comm.rank, self.t0 - self.elapsed_before)
+        self.progress = progress(cfg.steps, self.strategy.steps) if progress and self.strategy.is_reporter else None
+
+    # -- phases -----------------------------------------------------------------------------
+    def run(self) -> None:
+        self.strategy.setup(self.model, self.optimizer)  # server ranks serve here until training ends
+        if self.strategy.is_worker:
+            self._train()
+        final = self.strategy.finalize()
+        self._finish(final)
+
+    def _train(self) -> None:
+        cfg, strategy, start = self.cfg, self.strategy, self.strategy.steps
+        if start == 0:
+            self._evaluate(0)
+        self.loop_start = time.time()
+        for step in range(start, cfg.steps):
+            loss, samples = self.task.loss(self.model, step)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.task.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.task.max_grad_norm)
+            strategy.step()
+            self.samples += samples
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                self.log.log("train", done, loss=loss.item(), **self.comm.stats.as_dict())
+            if self.progress:
+                self.progress.update(done, loss=loss.item())
+            if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
+                self._evaluate(done)
+            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done != cfg.steps:
+                self._checkpoint(done, self.model)
+
+    def _evaluate(self, step: int) -> None:
+        extra = self.strategy.measure()
+        if self.strategy.is_reporter:
+            metrics = self.task.evaluate(self.model)
+            self.log.log("eval", step, **metrics, **extra, **self.comm.stats.as_dict())
+            if self.progress:
+                self.progress.update(step, **{self.task.metric: metrics[self.task.metric]})
+
+    def _finish(self, final: torch.nn.Module) -> None:
+        cfg = self.cfg
+        member = self.task.evaluate(self.model) if self.strategy.is_worker and self.strategy.replicas_differ else None
+        payloads = self._checkpoint(cfg.steps, final, member=member)
+        if payloads is None:
+            return
+        if self.progress:
+            self.progress.close()
+        metrics = self.task.evaluate(final)
+        self.log.log("final", cfg.steps, **metrics)
+        write_summary(self.run_dir, self._summary(metrics, payloads))
+
+    # -- checkpoint and summary ---------------------------------------------------------------
+    def _rank_state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "strategy": self.strategy.state_dict(), "task": self.task.state_dict(),
+                "rng": torch.get_rng_state()}
+
+    def _checkpoint(self, step: int, model: torch.nn.Module, member: dict | None = None) -> list[dict] | None:
+        """Collect every rank's state and statistics at the reporter, which writes checkpoint.pt."""
+        payload = {"rank": self.comm.rank, "is_worker": self.strategy.is_worker, "state": self._rank_state(),
+                   "stats": self.strategy.stats, "samples": self.samples, "member": member}
+        gathered = self.strategy.collect(to_bytes(payload))
+        if gathered is None:
+            return None
+        save_checkpoint(self.run_dir, step=step, elapsed_s=self._elapsed(), model=model.state_dict(),
+                        ranks=gathered)
+        return [from_bytes(p) for p in gathered]
+
+    def _restore(self, checkpoint: dict) -> None:
+        mine = from_bytes(checkpoint["ranks"][self.comm.rank])
+        state = mine["state"]
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.strategy.load_state_dict(state["strategy"])
+        self.task.load_state_dict(state["task"])
+        torch.set_rng_state(state["rng"])
+        self.elapsed_before, self.samples = float(checkpoint["elapsed_s"]), int(mine["samples"])
+
+    def _elapsed(self) -> float:
+        return self.elapsed_before + time.time() - self.t0
+
+    def _summary(self, metrics: dict, payloads: list[dict]) -> dict:
+        cfg, wall = self.cfg, self._elapsed()
+        stats = [p["stats"] for p in payloads]
+        comm = {k: sum(s[k] for s in stats) for k in ("bytes_sent", "bytes_received", "messages", "comm_time_s")}
+        samples = sum(p["samples"] for p in payloads)
+        summary = {
+            "task": cfg.task.name, "strategy": cfg.strategy.name, "workers": cfg.workers,
+            "world_size": cfg.world_size, "steps": cfg.steps, "seed": cfg.seed, "wall_time_s": round(wall, 4),
+            "metric": self.task.metric, "higher_is_better": self.task.higher_is_better,
+            "metrics": metrics, "comm": comm,
+            "comm_per_rank": [{"rank": p["rank"], **{k: p["stats"][k] for k in comm}} for p in payloads],
+            "throughput": {"samples_per_s": samples / wall if wall else 0.0,
+                           "steps_per_s": cfg.steps / wall if wall else 0.0},
+        }
+        members = [p["member"] for p in payloads if p["member"] is not None]
+        if members and len(members) > 1:
+            values = [m[self.task.metric] for m in members]
+            mean = sum(values) / len(values)
+            summary["members"] = {"metrics": members, "mean": mean,
+                                  "std": math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))}
+        summary.update(self.strategy.summary())
+        summary["ok"] = True
+        return summary
+
+
+def evaluate_run(cfg: RunConfig, run_dir: str | Path) -> dict:
+    """The metrics of a run's saved model, recomputed from checkpoint.pt in this process."""
+    checkpoint = load_checkpoint(Path(run_dir))
+    task = build_task(cfg.task, worker_rank=0, num_workers=cfg.workers, seed=cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = strategy_class(cfg.strategy.name).final_module(task.build_model, cfg.workers)
+    model.load_state_dict(checkpoint["model"])
+    return {"step": checkpoint["step"], **task.evaluate(model)}

@@ -1,0 +1,118 @@
+"""``allreduce``: bucketed gradient averaging overlapped with backward, as DDP's reducer does it.
+
+DDP needs the forward pass to go through its wrapper; agentsync's API keeps the user's module,
+so the same algorithm is driven from per-parameter post-accumulate-grad hooks: gradients are
+copied into fixed buckets (reverse registration order, roughly the order backward produces
+them), and a bucket's all-reduce starts as soon as its last gradient lands, in bucket order on
+every rank. ``step`` waits for the buckets, writes the averaged gradients back and runs the
+optimizer, so all replicas stay identical.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from agentsync.comm import Work
+from agentsync.options import check
+from agentsync.sync.base import Strategy, StrategyConfig
+
+
+@dataclasses.dataclass(kw_only=True)
+class AllReduceConfig(StrategyConfig):
+    name: str = "allreduce"
+    bucket_mb: float = 25.0
+    """Gradient bucket size in MiB (DDP's default); larger buckets send fewer, bigger messages."""
+    first_bucket_mb: float = 1.0
+    """Size of the first bucket, small so communication starts early in backward (as DDP)."""
+
+    def validate(self, section: str) -> None:
+        check(self.bucket_mb > 0, f"{section}.bucket_mb", "> 0", self.bucket_mb)
+        check(self.first_bucket_mb > 0, f"{section}.first_bucket_mb", "> 0", self.first_bucket_mb)
+
+
+class Bucket:
+    """A flat buffer holding the gradients of a few parameters, reduced as one message."""
+
+    def __init__(self, params: list[nn.Parameter]) -> None:
+        self.params = params
+        self.buffer = torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype,
+                                  device=params[0].device)
+        offsets = [0]
+        for p in params:
+            offsets.append(offsets[-1] + p.numel())
+        self.views = [self.buffer[a:b].view_as(p) for a, b, p in zip(offsets, offsets[1:], params)]
+        self.pending = len(params)
+        self.work: Work | None = None
+
+    def reset(self) -> None:
+        self.pending, self.work = len(self.params), None
+
+
+def make_buckets(params: list[nn.Parameter], first_bytes: int, bytes_cap: int) -> list[Bucket]:
+    """Group parameters, last-registered first, into buckets of about ``bytes_cap`` bytes."""
+    groups: list[list[nn.Parameter]] = [[]]
+    size, cap = 0, first_bytes
+    for p in reversed(params):
+        nbytes = p.numel() * p.element_size()
+        if groups[-1] and (size + nbytes > cap or p.dtype != groups[-1][0].dtype):
+            groups.append([])
+            size, cap = 0, bytes_cap
+        groups[-1].append(p)
+        size += nbytes
+    return [Bucket(g) for g in groups if g]
+
+
+class AllReduce(Strategy):
+    """g = mean_i g_i every step, by bucketed ring all-reduce overlapped with backward."""
+
+    Config = AllReduceConfig
+    description = "average gradients every step by bucketed all-reduce (DDP); replicas identical"
+
+    def _setup(self) -> None:
+        super()._setup()
+        mib = 1 << 20
+        self.buckets = make_buckets(self.params, int(self.config.first_bucket_mb * mib),
+                                    int(self.config.bucket_mb * mib))
+        self._bucket_of = {id(p): (b, i) for b in self.buckets for i, p in enumerate(b.params)}
+        self._next = 0
+        self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad_ready) for p in self.params]
+
+    def _on_grad_ready(self, param: nn.Parameter) -> None:
+        bucket, i = self._bucket_of[id(param)]
+        bucket.views[i].copy_(param.grad)
+        bucket.pending -= 1
+        self._launch_ready()
+
+    def _launch_ready(self, force: bool = False) -> None:
+        """Start buckets in index order, so every rank issues the same collectives in the same order."""
+        while self._next < len(self.buckets):
+            bucket = self.buckets[self._next]
+            if bucket.pending and not force:
+                return
+            if bucket.pending:  # parameters that got no gradient this step contribute zeros
+                for p, view in zip(bucket.params, bucket.views):
+                    if p.grad is None:
+                        view.zero_()
+            bucket.buffer.div_(self.num_workers)
+            bucket.work = self.comm.all_reduce_async(bucket.buffer)
+            self._next += 1
+
+    def _step(self) -> None:
+        self._launch_ready(force=True)
+        for bucket in self.buckets:
+            bucket.work.wait()
+            for p, view in zip(bucket.params, bucket.views):
+                if p.grad is None:
+                    p.grad = view.clone()
+                else:
+                    p.grad.copy_(view)
+            bucket.reset()
+        self._next = 0
+        self.optimizer.step()
+
+    def finalize(self) -> nn.Module:
+        for hook in self._hooks:
+            hook.remove()
+        return self.model

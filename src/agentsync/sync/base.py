@@ -1,0 +1,150 @@
+"""The object every synchronization strategy is: ``setup``, ``step``, ``finalize``, ``stats``."""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from agentsync.comm import Comm
+from agentsync.options import Options, check
+
+
+@dataclasses.dataclass(kw_only=True)
+class StrategyConfig(Options):
+    """Options every strategy has; each strategy subclasses it with its own."""
+
+    name: str = "allreduce"
+    """Strategy name (see `agentsync list`)."""
+
+
+class Strategy(abc.ABC):
+    """Keeps the replicas of one model in sync across worker processes.
+
+    A strategy replaces ``optimizer.step()``: the training loop computes gradients, then calls
+    :meth:`step`, which communicates and updates the parameters. Subclasses implement
+    :meth:`_step` and, where replicas can differ, :meth:`finalize`.
+
+    Args:
+        config: this strategy's options.
+        comm: the process group of all ranks of the job (workers, and servers where there are any).
+        num_workers: how many of those ranks train; the rest serve.
+
+    Example::
+
+        sync = make_strategy("allreduce")
+        sync.setup(model, optimizer)
+        for x, y in batches:
+            optimizer.zero_grad(); loss_fn(model(x), y).backward()
+            sync.step()
+        model = sync.finalize()
+    """
+
+    Config: ClassVar[type[StrategyConfig]] = StrategyConfig
+    description: ClassVar[str] = ""
+    replicas_differ: ClassVar[bool] = False
+    """True when workers' parameters can differ, so a consensus distance and member spread apply."""
+    tolerates_worker_loss: ClassVar[bool] = False
+    """True when the job goes on without a dead worker (asynchronous strategies)."""
+
+    def __init__(self, config: StrategyConfig, comm: Comm, *, num_workers: int | None = None) -> None:
+        self.config, self.comm = config, comm
+        self.num_workers = comm.world_size if num_workers is None else num_workers
+        self.steps = 0
+        self.model: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    @classmethod
+    def world_size(cls, workers: int, servers: int) -> int:
+        """Processes the job needs for ``workers`` training ranks."""
+        return workers
+
+    @classmethod
+    def final_module(cls, build_model, num_workers: int) -> nn.Module:
+        """An empty module shaped like what :meth:`finalize` returns, to load a checkpoint's model into."""
+        return build_model()
+
+    @property
+    def is_worker(self) -> bool:
+        """False on ranks that only serve (parameter servers)."""
+        return True
+
+    @property
+    def worker_rank(self) -> int:
+        """This worker's index among the workers: its data shard and seed offset."""
+        return self.comm.rank
+
+    def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Take charge of ``model``'s parameters; every replica starts from worker 0's values."""
+        self.model, self.optimizer = model, optimizer
+        self._setup()
+
+    def _setup(self) -> None:
+        if self.steps == 0:  # a resumed run already holds each rank's own parameters
+            broadcast_model_(self.comm, self.model)
+
+    def step(self) -> None:
+        """Synchronise and update: call it where ``optimizer.step()`` would be."""
+        self.comm.straggle()
+        self.comm.inject_fault(self.steps, [p.grad for p in self.params if p.grad is not None])
+        self._step()
+        self.steps += 1
+
+    @abc.abstractmethod
+    def _step(self) -> None:
+        ...
+
+    def finalize(self) -> nn.Module:
+        """The trained model; where replicas differ, their consensus (parameter average)."""
+        return self.model
+
+    @property
+    def is_reporter(self) -> bool:
+        """The rank that writes summary and checkpoint (worker 0 unless a strategy says otherwise)."""
+        return self.comm.rank == 0
+
+    def collect(self, payload: bytes) -> list[bytes] | None:
+        """Every rank's ``payload`` at the reporter, None elsewhere; collective over all ranks, uncounted.
+
+        Used for checkpoints and end-of-run statistics. Strategies whose ranks may be lost mid-run
+        override it to gather from the survivors only.
+        """
+        with self.comm.uncounted():
+            return self.comm.gather_bytes(payload, dst=0)
+
+    def measure(self) -> dict:
+        """Measurements every worker takes together at evaluation points (e.g. consensus distance)."""
+        return {}
+
+    def summary(self) -> dict:
+        """Strategy-specific fields for summary.json (staleness histogram, dropped gradients, ...)."""
+        return {}
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    @property
+    def stats(self) -> dict:
+        """Bytes, messages and seconds this rank spent communicating, plus strategy extras."""
+        return {**self.comm.stats.as_dict(), "steps": self.steps}
+
+    def state_dict(self) -> dict:
+        """Strategy state a checkpoint must keep besides model and optimizer (e.g. an outer optimizer)."""
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = int(state["steps"])
+
+
+def check_unit_interval(value: float, field: str) -> None:
+    check(0.0 <= value <= 1.0, field, "in [0, 1]", value)
+
+
+def broadcast_model_(comm: Comm, model: nn.Module, src: int = 0) -> None:
+    """Make every replica start from ``src``'s values, as DDP's constructor does (a one-off, uncounted)."""
+    with torch.no_grad(), comm.uncounted():
+        for tensor in model.state_dict().values():
+            comm.broadcast_(tensor, src=src)

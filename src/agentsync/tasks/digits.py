@@ -1,0 +1,119 @@
+"""``digits`` (MLP classifier) and ``autoencoder`` (unsupervised), on scikit-learn's bundled 8x8 digits."""
+from __future__ import annotations
+
+import dataclasses
+from functools import cache
+
+import numpy as np
+import torch
+from torch import nn
+
+from agentsync.optim import OptimizerConfig
+from agentsync.options import check
+from agentsync.tasks.base import ShardSampler, Task, TaskConfig, classification_metrics
+
+
+@cache
+def digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """1,437 training and 360 held-out images scaled to [0, 1]; the split is fixed (stratified, seed 0)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    x = (data.data / 16.0).astype(np.float32)
+    x_train, x_test, y_train, y_test = train_test_split(x, data.target, test_size=0.2, random_state=0,
+                                                        stratify=data.target)
+    return (torch.from_numpy(x_train), torch.from_numpy(y_train).long(),
+            torch.from_numpy(x_test), torch.from_numpy(y_test).long())
+
+
+def mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes, sizes[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+class DigitsData(Task):
+    """Shared by the digits tasks: this worker's shard of the training images."""
+
+    def __init__(self, config, **kwargs) -> None:
+        super().__init__(config, **kwargs)
+        self.x_train, self.y_train, self.x_test, self.y_test = (t.to(self.device) for t in digits_split())
+        self.sampler = ShardSampler(len(self.x_train), worker_rank=self.worker_rank,
+                                    num_workers=self.num_workers, batch_size=config.batch_size, seed=self.seed)
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.from_numpy(self.sampler.indices(step)).to(self.device)
+        return self.x_train[idx], self.y_train[idx]
+
+
+@dataclasses.dataclass(kw_only=True)
+class DigitsConfig(TaskConfig):
+    name: str = "digits"
+    hidden: int = 128
+    """Width of the two hidden layers."""
+
+    def validate(self, section: str) -> None:
+        super().validate(section)
+        check(self.hidden >= 1, f"{section}.hidden", ">= 1", self.hidden)
+
+
+class Digits(DigitsData):
+    """Classify 8x8 digits with a two-hidden-layer MLP; metric: held-out accuracy."""
+
+    Config = DigitsConfig
+    description = "MLP classifier on scikit-learn's 8x8 digits (held-out accuracy)"
+    default_steps = 400
+    default_eval_every = 100
+    default_optimizer = OptimizerConfig(name="sgd", lr=0.05, momentum=0.9)
+    metric = "accuracy"
+
+    def build_model(self) -> nn.Module:
+        return mlp([64, self.config.hidden, self.config.hidden, 10])
+
+    def loss(self, model: nn.Module, step: int) -> tuple[torch.Tensor, int]:
+        x, y = self.batch(step)
+        return nn.functional.cross_entropy(model(x), y), len(y)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        return classification_metrics(model(self.x_test), self.y_test)
+
+
+@dataclasses.dataclass(kw_only=True)
+class AutoencoderConfig(TaskConfig):
+    name: str = "autoencoder"
+    hidden: int = 64
+    """Width of the encoder's and decoder's hidden layer."""
+    code: int = 12
+    """Size of the bottleneck code."""
+
+    def validate(self, section: str) -> None:
+        super().validate(section)
+        check(self.hidden >= 1 and self.code >= 1, f"{section}.hidden/code", ">= 1", (self.hidden, self.code))
+
+
+class Autoencoder(DigitsData):
+    """Compress 8x8 digits through a small code; metric: held-out mean squared reconstruction error."""
+
+    Config = AutoencoderConfig
+    description = "unsupervised autoencoder on the digits (held-out reconstruction error)"
+    default_steps = 600
+    default_eval_every = 100
+    default_optimizer = OptimizerConfig(name="adam", lr=3e-3)
+    metric = "reconstruction_error"
+    higher_is_better = False
+
+    def build_model(self) -> nn.Module:
+        c = self.config
+        return nn.Sequential(mlp([64, c.hidden, c.code]), nn.ReLU(), mlp([c.code, c.hidden, 64]), nn.Sigmoid())
+
+    def loss(self, model: nn.Module, step: int) -> tuple[torch.Tensor, int]:
+        x, _ = self.batch(step)
+        return nn.functional.mse_loss(model(x), x), len(x)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        error = nn.functional.mse_loss(model(self.x_test), self.x_test).item()
+        return {"reconstruction_error": error, "loss": error}
