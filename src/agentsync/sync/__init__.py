@@ -2,22 +2,17 @@
 from __future__ import annotations
 
 from agentsync.comm import Comm
-from agentsync.errors import ConfigError
-from agentsync.sync.allreduce import AllReduce
+from agentsync.registry import Registry
 from agentsync.sync.base import Strategy, StrategyConfig
-from agentsync.sync.none import NoSync
 
-STRATEGIES: dict[str, type[Strategy]] = {
-    "none": NoSync,
-    "allreduce": AllReduce,
-}
+STRATEGIES: Registry[Strategy] = Registry("strategy", {
+    "none": "agentsync.sync.none:NoSync",
+    "allreduce": "agentsync.sync.allreduce:AllReduce",
+})
 
 
 def strategy_class(name: str) -> type[Strategy]:
-    try:
-        return STRATEGIES[name]
-    except KeyError:
-        raise ConfigError(f"unknown strategy {name!r}; available: {', '.join(STRATEGIES)}") from None
+    return STRATEGIES[name]
 
 
 def build_strategy(config: StrategyConfig, comm: Comm, *, num_workers: int | None = None) -> Strategy:

@@ -1,23 +1,18 @@
 """Tasks by name. A new task is one module plus one line in ``TASKS``."""
 from __future__ import annotations
 
-from agentsync.errors import ConfigError
+from agentsync.registry import Registry
 from agentsync.tasks.base import Task, TaskConfig
-from agentsync.tasks.charlm import CharLM
-from agentsync.tasks.digits import Autoencoder, Digits
 
-TASKS: dict[str, type[Task]] = {
-    "digits": Digits,
-    "charlm": CharLM,
-    "autoencoder": Autoencoder,
-}
+TASKS: Registry[Task] = Registry("task", {
+    "digits": "agentsync.tasks.digits:Digits",
+    "charlm": "agentsync.tasks.charlm:CharLM",
+    "autoencoder": "agentsync.tasks.digits:Autoencoder",
+})
 
 
 def task_class(name: str) -> type[Task]:
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise ConfigError(f"unknown task {name!r}; available: {', '.join(TASKS)}") from None
+    return TASKS[name]
 
 
 def build_task(config: TaskConfig, **kwargs) -> Task:
