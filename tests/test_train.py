@@ -77,18 +77,33 @@ def test_autoencoder_halves_reconstruction_error(tmp_path):
     assert summary["metrics"]["reconstruction_error"] <= 0.5 * initial
 
 
+LAUNCHER_ARGS = ["--task", "digits", "--workers", "2", "--steps", "100", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory) -> dict:
+    return train(tmp_path_factory.mktemp("local") / "run", *LAUNCHER_ARGS)
+
+
+def assert_same_run(summary: dict, reference: dict) -> None:
+    for key, value in reference["metrics"].items():
+        assert summary["metrics"][key] == pytest.approx(value, abs=1e-6)
+    assert summary["comm"]["bytes_sent"] == reference["comm"]["bytes_sent"]
+
+
 @pytest.mark.timeout(240)
-def test_torchrun_launcher_matches_local_launcher(tmp_path):
-    args = ["--task", "digits", "--workers", "2", "--steps", "100", "--seed", "3"]
-    local = train(tmp_path / "local", *args)
+def test_torchrun_launcher_matches_local_launcher(tmp_path, local_run):
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                              "-m", "agentsync", "train", "--launcher", "torchrun", "--out", str(tmp_path / "tr"),
-                             *args], capture_output=True, text=True, timeout=180, env=ENV, cwd=ROOT)
+                             *LAUNCHER_ARGS], capture_output=True, text=True, timeout=180, env=ENV, cwd=ROOT)
     assert result.returncode == 0, result.stderr
-    under_torchrun = json.loads((tmp_path / "tr" / "summary.json").read_text())
-    for key, value in local["metrics"].items():
-        assert under_torchrun["metrics"][key] == pytest.approx(value, abs=1e-6)
-    assert under_torchrun["comm"]["bytes_sent"] == local["comm"]["bytes_sent"]
+    assert_same_run(json.loads((tmp_path / "tr" / "summary.json").read_text()), local_run)
+
+
+@pytest.mark.timeout(240)
+def test_ray_launcher_matches_local_launcher(tmp_path, local_run):
+    """One Ray task per rank on a local Ray instance bound to 127.0.0.1."""
+    assert_same_run(train(tmp_path / "ray", "--launcher", "ray", *LAUNCHER_ARGS), local_run)
 
 
 @pytest.mark.timeout(180)

@@ -110,9 +110,10 @@ class Worker:
         payloads = self._checkpoint(cfg.steps, final, member=member)
         if payloads is None:
             return
-        if self.progress:
-            self.progress.close()
         metrics = self.task.evaluate(final)
+        if self.progress:
+            self.progress.update(cfg.steps, **{self.task.metric: metrics[self.task.metric]})
+            self.progress.close()
         self.log.log("final", cfg.steps, **metrics)
         write_summary(self.run_dir, self._summary(metrics, payloads))
 

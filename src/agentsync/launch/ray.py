@@ -28,9 +28,10 @@ def launch_ray(cfg: RunConfig, *, resume: bool, progress: ProgressFactory | None
     except ImportError:
         raise ConfigError("launch.name is ray but Ray is not installed; pip install 'agentsync[ray]'") from None
     run_dir = prepare_run_dir(cfg, resume=resume)
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
         if os.environ.get("RAY_ADDRESS"):
-            ray.init()
+            ray.init(log_to_driver=True)
         else:
             ray.init(num_cpus=max(2, cfg.world_size), include_dashboard=False, _node_ip_address="127.0.0.1")
     world = cfg.world_size
@@ -40,9 +41,12 @@ def launch_ray(cfg: RunConfig, *, resume: bool, progress: ProgressFactory | None
     refs = [remote.remote(cfg, str(run_dir), resume, progress, {**env, "RANK": str(r), "LOCAL_RANK": "0"})
             for r in range(world)]
     try:
-        ray.get(refs, timeout=None)
-    except Exception as e:
+        ray.get(refs)
+    except Exception as e:  # RayTaskError wraps the rank's exception; its first line names it
         for ref in refs:
             ray.cancel(ref, force=True)
         raise JobFailed(f"a Ray worker failed: {str(e).strip().splitlines()[0]}") from None
+    finally:
+        if started:
+            ray.shutdown()
     return True
