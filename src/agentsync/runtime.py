@@ -90,7 +90,8 @@ class Worker:
             if done % cfg.log_every == 0 or done == cfg.steps:
                 self.log.log("train", done, loss=loss.item(), **self.comm.stats.as_dict())
             if self.progress:
-                self.progress.update(done, loss=loss.item())
+                rate = self.samples * self.cfg.workers / max(time.time() - self.loop_start, 1e-9)
+                self.progress.update(done, loss=loss.item(), samples_per_s=rate)
             if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
                 self._evaluate(done)
             if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done != cfg.steps:
