@@ -18,10 +18,16 @@ def final_model(run_dir) -> dict:
     return torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
 
 
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """The issue's reference run, shared: digits, allreduce, 2 workers, 400 steps."""
+    run = tmp_path_factory.mktemp("digits") / "run"
+    return run, train(run, "--task", "digits", "--strategy", "allreduce", "--workers", "2", "--steps", "400")
+
+
 @pytest.mark.timeout(180)
-def test_digits_allreduce_reaches_accuracy_and_writes_outputs(tmp_path):
-    run = tmp_path / "run"
-    summary = train(run, "--task", "digits", "--strategy", "allreduce", "--workers", "2", "--steps", "400")
+def test_digits_allreduce_reaches_accuracy_and_writes_outputs(tmp_path, digits_run):
+    run, summary = digits_run
     assert summary["metrics"]["accuracy"] >= 0.95
     assert summary["ok"] is True and summary["steps"] == 400 and summary["workers"] == 2
     assert {"wall_time_s", "comm", "throughput", "seed", "task", "strategy"} <= summary.keys()
@@ -39,13 +45,12 @@ def test_digits_allreduce_reaches_accuracy_and_writes_outputs(tmp_path):
 
 
 @pytest.mark.timeout(240)
-def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
+def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path, digits_run):
     """SGD with momentum, so the optimizer state must be restored too, and the data order must continue."""
-    train(tmp_path / "whole", "--steps", "400")
-    train(tmp_path / "split", "--steps", "200")
+    train(tmp_path / "split", "--task", "digits", "--strategy", "allreduce", "--workers", "2", "--steps", "200")
     result = agentsync("train", "--resume", str(tmp_path / "split"), "--steps", "400")
     assert result.returncode == 0, result.stderr
-    whole, resumed = final_model(tmp_path / "whole"), final_model(tmp_path / "split")
+    whole, resumed = final_model(digits_run[0]), final_model(tmp_path / "split")
     for key in whole:
         assert torch.allclose(whole[key], resumed[key], atol=1e-6, rtol=0), key
     assert json.loads((tmp_path / "split" / "summary.json").read_text())["steps"] == 400
