@@ -71,7 +71,11 @@ class RunConfig(Options):
     def resolved(self) -> "RunConfig":
         """A copy with every default filled in from the task, ready to write and re-run."""
         task = task_class(self.task.name)
-        out = dataclasses.replace(self, optimizer=self.optimizer.merged(task.default_optimizer))
+        defaults = task.default_optimizer
+        preferred = strategy_class(self.strategy.name).preferred_optimizer
+        if preferred is not None:
+            defaults = preferred.merged(defaults)
+        out = dataclasses.replace(self, optimizer=self.optimizer.merged(defaults))
         if out.steps is None:
             out.steps = task.default_steps
         if out.eval_every is None:

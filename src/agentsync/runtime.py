@@ -70,8 +70,9 @@ class Worker:
         self.strategy.setup(self.model, self.optimizer)  # server ranks serve here until training ends
         if self.strategy.is_worker:
             self._train()
+        member = self.task.evaluate(self.model) if self.strategy.is_worker and self.strategy.replicas_differ else None
         final = self.strategy.finalize()
-        self._finish(final)
+        self._finish(final, member)
 
     def _train(self) -> None:
         cfg, strategy, start = self.cfg, self.strategy, self.strategy.steps
@@ -105,9 +106,9 @@ class Worker:
             if self.progress:
                 self.progress.update(step, **{self.task.metric: metrics[self.task.metric]})
 
-    def _finish(self, final: torch.nn.Module) -> None:
+    def _finish(self, final: torch.nn.Module, member: dict | None) -> None:
+        """Checkpoint the final state; the reporter evaluates the result and writes the summary."""
         cfg = self.cfg
-        member = self.task.evaluate(self.model) if self.strategy.is_worker and self.strategy.replicas_differ else None
         payloads = self._checkpoint(cfg.steps, final, member=member)
         if payloads is None:
             return
@@ -169,6 +170,9 @@ class Worker:
             summary["members"] = {"metrics": members, "mean": mean,
                                   "std": math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))}
         summary.update(self.strategy.summary())
+        extra = {name: self.task.evaluate(model) for name, model in self.strategy.report_models().items()}
+        if extra:
+            summary["models"] = extra
         summary["ok"] = True
         return summary
 

@@ -8,6 +8,10 @@ from agentsync.sync.base import Strategy, StrategyConfig
 STRATEGIES: Registry[Strategy] = Registry("strategy", {
     "none": "agentsync.sync.none:NoSync",
     "allreduce": "agentsync.sync.allreduce:AllReduce",
+    "gossip": "agentsync.sync.gossip:Gossip",
+    "local-sgd": "agentsync.sync.local_sgd:LocalSGD",
+    "diloco": "agentsync.sync.diloco:DiLoCo",
+    "ensemble": "agentsync.sync.ensemble:Ensemble",
 })
 
 

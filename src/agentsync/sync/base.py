@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from agentsync.comm import Comm
+from agentsync.optim import OptimizerConfig
 from agentsync.options import Options, check
 
 
@@ -48,6 +49,8 @@ class Strategy(abc.ABC):
     """True when workers' parameters can differ, so a consensus distance and member spread apply."""
     tolerates_worker_loss: ClassVar[bool] = False
     """True when the job goes on without a dead worker (asynchronous strategies)."""
+    preferred_optimizer: ClassVar[OptimizerConfig | None] = None
+    """Optimizer settings this strategy is meant to run with, over the task's, under the user's."""
 
     def __init__(self, config: StrategyConfig, comm: Comm, *, num_workers: int | None = None) -> None:
         self.config, self.comm = config, comm
@@ -120,6 +123,10 @@ class Strategy(abc.ABC):
 
     def summary(self) -> dict:
         """Strategy-specific fields for summary.json (staleness histogram, dropped gradients, ...)."""
+        return {}
+
+    def report_models(self) -> dict[str, nn.Module]:
+        """Models besides the final one whose metrics the summary reports (after :meth:`finalize`)."""
         return {}
 
     @property
