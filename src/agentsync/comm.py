@@ -14,6 +14,7 @@ import datetime
 import os
 import signal
 import socket
+import threading
 import time
 from typing import Iterator
 
@@ -136,6 +137,7 @@ class Comm:
         self._stragglers = parse_stragglers(config.straggler)
         self._faults = parse_faults(config.fault)
         self._counting = True
+        self._lock = threading.Lock()
 
     # -- set-up -----------------------------------------------------------------------------
     @classmethod
@@ -186,9 +188,10 @@ class Comm:
 
     def _account(self, sent: float, received: float, messages: int) -> None:
         if self._counting:
-            self.stats.bytes_sent += int(round(sent))
-            self.stats.bytes_received += int(round(received))
-            self.stats.messages += messages
+            with self._lock:  # parameter servers receive on several threads
+                self.stats.bytes_sent += int(round(sent))
+                self.stats.bytes_received += int(round(received))
+                self.stats.messages += messages
 
     def _timed(self, fn, *args, **kwargs):
         start = time.perf_counter()
@@ -258,8 +261,15 @@ class Comm:
     def send(self, tensor: torch.Tensor, dst: int, tag: int = 0) -> None:
         self.isend(tensor, dst, tag).wait()
 
-    def recv(self, tensor: torch.Tensor, src: int | None = None, tag: int = 0) -> None:
-        self.irecv(tensor, src, tag).wait()
+    def recv(self, tensor: torch.Tensor, src: int | None = None, tag: int = 0, *,
+             timeout_s: float | None = None) -> None:
+        """Blocking receive. ``timeout_s`` overrides the group's timeout for a server listening to an
+        idle worker; that idle wait is not counted as communication time."""
+        work = self.irecv(tensor, src, tag)
+        if timeout_s is None:
+            work.wait()
+        else:
+            work._work.wait(datetime.timedelta(seconds=timeout_s))
 
     def exchange(self, send: torch.Tensor, recv: torch.Tensor, peer: int, tag: int = 0) -> None:
         """Swap equal-sized tensors with ``peer`` without deadlock (both sides post both)."""

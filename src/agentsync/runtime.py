@@ -17,6 +17,7 @@ import torch
 from agentsync.checkpoint import from_bytes, load_checkpoint, save_checkpoint, to_bytes
 from agentsync.comm import Comm
 from agentsync.config import RunConfig
+from agentsync.errors import ConfigError
 from agentsync.metrics import MetricsLog, write_summary
 from agentsync.sync import Strategy, build_strategy, strategy_class
 from agentsync.tasks import Task, build_task
@@ -63,7 +64,9 @@ class Worker:
         if resume:
             self._restore(load_checkpoint(run_dir))
         self.log = MetricsLog(run_dir, comm.rank, self.t0 - self.elapsed_before)
-        self.progress = progress(cfg.steps, self.strategy.steps) if progress and self.strategy.is_reporter else None
+        self.leader = self.strategy.worker_rank == 0  # evaluates during training and shows progress
+        self.progress = progress(cfg.steps, self.strategy.steps) if progress and self.leader else None
+        self.strategy.max_steps = cfg.steps
 
     # -- phases -----------------------------------------------------------------------------
     def run(self) -> None:
@@ -89,18 +92,21 @@ class Worker:
             self.samples += samples
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
-                self.log.log("train", done, loss=loss.item(), **self.comm.stats.as_dict())
+                self.log.log("train", done, loss=loss.item(), **strategy.stats)
             if self.progress:
                 rate = self.samples * self.cfg.workers / max(time.time() - self.loop_start, 1e-9)
                 self.progress.update(done, loss=loss.item(), samples_per_s=rate)
             if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
                 self._evaluate(done)
-            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done != cfg.steps:
+            if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done != cfg.steps
+                    and strategy.midrun_checkpoints):
                 self._checkpoint(done, self.model)
+            if strategy.finished:
+                break
 
     def _evaluate(self, step: int) -> None:
         extra = self.strategy.measure()
-        if self.strategy.is_reporter:
+        if self.leader:
             metrics = self.task.evaluate(self.model)
             self.log.log("eval", step, **metrics, **extra, **self.comm.stats.as_dict())
             if self.progress:
@@ -137,7 +143,11 @@ class Worker:
         return [from_bytes(p) for p in gathered]
 
     def _restore(self, checkpoint: dict) -> None:
-        mine = from_bytes(checkpoint["ranks"][self.comm.rank])
+        ranks = {p["rank"]: p for p in map(from_bytes, checkpoint["ranks"])}
+        if self.comm.rank not in ranks:
+            raise ConfigError(f"the checkpoint has no state for rank {self.comm.rank} (lost during the run); "
+                              "it cannot be resumed exactly")
+        mine = ranks[self.comm.rank]
         state = mine["state"]
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -12,6 +12,10 @@ STRATEGIES: Registry[Strategy] = Registry("strategy", {
     "local-sgd": "agentsync.sync.local_sgd:LocalSGD",
     "diloco": "agentsync.sync.diloco:DiLoCo",
     "ensemble": "agentsync.sync.ensemble:Ensemble",
+    "ps-sync": "agentsync.sync.ps_sync:PSSync",
+    "ps-async": "agentsync.sync.ps_async:PSAsync",
+    "ssp": "agentsync.sync.ps_async:SSP",
+    "easgd": "agentsync.sync.easgd:EASGD",
 })
 
 

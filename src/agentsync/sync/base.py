@@ -51,6 +51,10 @@ class Strategy(abc.ABC):
     """True when the job goes on without a dead worker (asynchronous strategies)."""
     preferred_optimizer: ClassVar[OptimizerConfig | None] = None
     """Optimizer settings this strategy is meant to run with, over the task's, under the user's."""
+    midrun_checkpoints: ClassVar[bool] = True
+    """False where state lives on ranks that are busy serving (parameter servers): checkpoint at the end only."""
+    max_steps: int | None = None
+    """The run's step budget when the runtime drives the loop (lets global-step strategies stop early)."""
 
     def __init__(self, config: StrategyConfig, comm: Comm, *, num_workers: int | None = None) -> None:
         self.config, self.comm = config, comm
@@ -102,6 +106,11 @@ class Strategy(abc.ABC):
     def finalize(self) -> nn.Module:
         """The trained model; where replicas differ, their consensus (parameter average)."""
         return self.model
+
+    @property
+    def finished(self) -> bool:
+        """True when this worker should stop before its own step budget (a backup worker that is behind)."""
+        return False
 
     @property
     def is_reporter(self) -> bool:

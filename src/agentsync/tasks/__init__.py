@@ -8,6 +8,10 @@ TASKS: Registry[Task] = Registry("task", {
     "digits": "agentsync.tasks.digits:Digits",
     "charlm": "agentsync.tasks.charlm:CharLM",
     "autoencoder": "agentsync.tasks.digits:Autoencoder",
+    "frozenlake-q": "agentsync.tasks.frozenlake:FrozenLakeQ",
+    "cartpole-dqn": "agentsync.tasks.dqn:CartPoleDQN",
+    "cartpole-ppo": "agentsync.tasks.ppo:PPOTask",
+    "acrobot-ppo": "agentsync.tasks.ppo:AcrobotPPO",
 })
 
 

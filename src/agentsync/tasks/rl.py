@@ -1,0 +1,89 @@
+"""Plumbing every RL task shares: per-worker vector envs (created lazily), seeding, evaluation.
+
+A runtime step is one gradient update of the learner; a task collects experience when it needs
+more. Environments stay local to each worker: env i of worker r is seeded seed + r·envs_per_worker + i.
+They are built on the first ``loss``/``evaluate`` because parameter-server ranks build the task only
+for the model's shape. Checkpoints cannot hold env state: ``--resume`` continues with fresh envs.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from agentsync.agents.rollout import VECTOR_MODES, Collector, evaluate_episodes, make_vec_env
+from agentsync.options import check, choice
+from agentsync.tasks.base import Task, TaskConfig
+
+EVAL_SEED_OFFSET = 1_000_000
+"""Evaluation envs are seeded seed + this + i: apart from every worker's training envs."""
+
+
+@dataclasses.dataclass(kw_only=True)
+class RLConfig(TaskConfig):
+    envs_per_worker: int = 8
+    """Gymnasium environments each worker steps in one vector env."""
+    vector_mode: str = "sync"
+    """Vector env: sync (in-process, default) or async (one subprocess per env)."""
+    gamma: float = 0.99
+    """Discount factor."""
+    eval_episodes: int = 10
+    """Deterministic episodes per evaluation (eval_return is their mean return)."""
+
+    def validate(self, section: str) -> None:
+        super().validate(section)
+        check(self.envs_per_worker >= 1, f"{section}.envs_per_worker", ">= 1", self.envs_per_worker)
+        choice(self.vector_mode, f"{section}.vector_mode", VECTOR_MODES)
+        check(0 <= self.gamma <= 1, f"{section}.gamma", "in [0, 1]", self.gamma)
+        check(self.eval_episodes >= 1, f"{section}.eval_episodes", ">= 1", self.eval_episodes)
+
+
+class RLTask(Task):
+    """A Gymnasium workload; subclasses set ``env_id`` and say how the model acts."""
+
+    Config: ClassVar[type[RLConfig]] = RLConfig
+    env_id: ClassVar[str] = ""
+    env_kwargs: ClassVar[dict] = {}
+    metric = "eval_return"
+
+    def __init__(self, config: RLConfig, **kwargs) -> None:
+        super().__init__(config, **kwargs)
+        self._collector: Collector | None = None
+        self.rng = np.random.default_rng([self.seed, self.worker_rank])
+        self.generator = torch.Generator().manual_seed(self.seed * 1000 + self.worker_rank)
+        spec = make_vec_env(self.env_id, 1, 0, **self.env_kwargs)
+        self.observation_space, self.action_space = spec.single_observation_space, spec.single_action_space
+        spec.close()
+
+    @property
+    def collector(self) -> Collector:
+        """This worker's training envs, built on first use."""
+        if self._collector is None:
+            c = self.config
+            env = make_vec_env(self.env_id, c.envs_per_worker, self.seed + self.worker_rank * c.envs_per_worker,
+                               mode=c.vector_mode, **self.env_kwargs)
+            self._collector = Collector(env)
+        return self._collector
+
+    def obs_tensor(self, obs: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(obs, device=self.device)
+
+    def greedy(self, model: nn.Module, obs: np.ndarray) -> np.ndarray:
+        """The deterministic action of ``model`` for each observation (evaluation mode)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        env = make_vec_env(self.env_id, self.config.eval_episodes, 0, **self.env_kwargs)
+        try:
+            returns = evaluate_episodes(env, lambda obs: self.greedy(model, obs), self.seed + EVAL_SEED_OFFSET)
+        finally:
+            env.close()
+        return {"eval_return": float(returns.mean()), "eval_return_std": float(returns.std())}
+
+    def __del__(self) -> None:
+        if getattr(self, "_collector", None) is not None:
+            self._collector.close()
