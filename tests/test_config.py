@@ -20,6 +20,8 @@ BAD_INPUT = {
     "resume without checkpoint": (["train", "--resume", "{tmp}"], "is not a run folder"),
     "malformed TOML": (["train", "--config", "{tmp}/bad.toml"], "malformed TOML"),
     "unknown flag": (["train", "--wrokers", "2"], "unrecognized arguments: --wrokers"),
+    "bad --net": (["train", "--net", "latency=soon"], "comm.net must be latency=<n>ms,bandwidth=<n>Gbit"),
+    "ps header range": (["train", "--strategy", "ps-async", "--steps", "9000000"], "steps must be below 16777216 // workers"),
 }
 
 

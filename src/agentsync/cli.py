@@ -6,12 +6,15 @@
     agentsync train --resume runs/digits-allreduce-20261122-101500 --steps 800
     agentsync evaluate runs/digits-allreduce-20261122-101500
     agentsync list
+    agentsync compare --task digits --strategies allreduce,local-sgd:period=8 --workers 1,2 --net latency=20ms
+    agentsync advise --task digits --workers 4 --latency 20ms --bandwidth 1Gbit
 
 Exit codes: 0 success, 1 the job failed (the message names the rank), 2 bad input (nothing written).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -23,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from agentsync.checkpoint import load_checkpoint
-from agentsync.config import RunConfig, load_config, read_toml
+from agentsync.config import RunConfig, load_config
 from agentsync.errors import ConfigError, JobFailed
 from agentsync.metrics import SUMMARY, read_summary
 
@@ -61,6 +64,8 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="seed of initialisation, data order, environments; default 0")
     parser.add_argument("--launcher", help="local (default), torchrun or ray")
     parser.add_argument("--straggler", metavar="RANK:SECONDS", help="that rank sleeps SECONDS every step")
+    parser.add_argument("--net", metavar="latency=2ms,bandwidth=1Gbit",
+                        help="simulate a slower network: each message arrives latency + bytes/bandwidth late")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.OPTION=VALUE",
                         help="override any option, e.g. --set strategy.alpha=0.5 (repeatable)")
 
@@ -68,7 +73,7 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
 def run_flags(args: argparse.Namespace) -> dict:
     return {"task.name": args.task, "strategy.name": args.strategy, "workers": args.workers,
             "servers": args.servers, "steps": args.steps, "seed": args.seed, "launch.name": args.launcher,
-            "comm.straggler": args.straggler}
+            "comm.straggler": args.straggler, "comm.net": args.net}
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -82,9 +87,44 @@ def make_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", metavar="DIR")
     evaluate.add_argument("--episodes", type=int, help="RL tasks: evaluation episodes")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_compare_parser(commands)
+    add_advise_parser(commands)
     listing = commands.add_parser("list", help="list tasks and strategies")
     listing.add_argument("--options", action="store_true", help="also list every option with its help")
     return parser
+
+
+def add_compare_parser(commands) -> None:
+    compare = commands.add_parser("compare", help="run a strategies × workers × seeds matrix and report it")
+    compare.add_argument("--config", metavar="FILE.toml", help="read the study from a TOML file's [compare] table")
+    compare.add_argument("--task", help="workload; default digits")
+    compare.add_argument("--strategies", metavar="A,B:OPT=V,...",
+                         help="strategies to compare, each with its own options after ':' (local-sgd:period=8)")
+    compare.add_argument("--workers", metavar="1,2,4", help="worker counts; default 1,2")
+    compare.add_argument("--seeds", type=int, help="seeds 0..N-1 per cell; default 1")
+    compare.add_argument("--steps", type=int, help="steps per run; default: the task's")
+    compare.add_argument("--net", metavar="latency=2ms,bandwidth=1Gbit", help="simulated network for every run")
+    compare.add_argument("--straggler", metavar="RANK:SECONDS", help="a slow rank in every run")
+    compare.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.OPTION=VALUE",
+                         help="override an option in every run (repeatable)")
+    compare.add_argument("--target", type=float, help="metric value for time/bytes to target; default 95%% of the best")
+    compare.add_argument("--timeout", type=float, default=1800.0, help="seconds before a run counts as failed")
+    compare.add_argument("--out", help="study folder; default runs/compare-<task>-<time>. Rerun to resume")
+
+
+def add_advise_parser(commands) -> None:
+    advise = commands.add_parser("advise", help="predict each strategy's step time on a given network")
+    advise.add_argument("--task", default="digits", help="workload; default digits")
+    advise.add_argument("--workers", type=int, default=2, help="worker count W; default 2")
+    advise.add_argument("--servers", type=int, default=1, help="parameter servers S; default 1")
+    advise.add_argument("--latency", default="0ms", help="one-way latency per message, e.g. 2ms; default 0")
+    advise.add_argument("--bandwidth", default="", help="link bandwidth, e.g. 1Gbit or 100Mbps; default unlimited")
+    advise.add_argument("--strategies", metavar="A,B,...", help="default: every strategy but none")
+    advise.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.OPTION=VALUE",
+                        help="override an option (repeatable), e.g. strategy.period=8")
+    advise.add_argument("--calibrate", action="store_true",
+                        help="measure each strategy's loopback step time with real processes (slower, closer)")
+    advise.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -152,9 +192,10 @@ def print_summary(run_dir: Path) -> None:
     table.add_row("samples / s", f"{s['throughput']['samples_per_s']:.0f}")
     table.add_row("bytes sent (all ranks)", f"{s['comm']['bytes_sent'] / 1e6:.2f} MB")
     table.add_row("time communicating (all ranks)", f"{s['comm']['comm_time_s']:.2f} s")
-    for key in ("consensus_distance", "lost_ranks"):
-        if key in s:
-            table.add_row(key.replace("_", " "), str(s[key]))
+    if s.get("consensus_distance") is not None:
+        table.add_row("consensus distance", f"{s['consensus_distance']:.4g}")
+    if s.get("lost_ranks"):
+        table.add_row("lost ranks", ", ".join(f"{lost['rank']} (at update {lost['version']})" for lost in s["lost_ranks"]))
     Console().print(table)
     Console().print(f"run folder: {run_dir}")
 
@@ -200,7 +241,29 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "list": cmd_list}
+def cmd_compare(args: argparse.Namespace) -> int:
+    from agentsync.report.compare import compare, study_from_args
+
+    study, out, target = study_from_args(args)
+    counts = compare(study, out, target=target, timeout_s=args.timeout)
+    Console().print(f"{counts['ok']} of {counts['cells']} runs ok, {counts['failed']} failed; "
+                    f"report: {out / 'report.html'}", highlight=False)
+    return 0
+
+
+def cmd_advise(args: argparse.Namespace) -> int:
+    from agentsync.report.advise import advise_from_args, print_advice
+
+    net, predictions = advise_from_args(args)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(p) for p in predictions]))
+    else:
+        print_advice(net, args, predictions)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "list": cmd_list, "compare": cmd_compare,
+            "advise": cmd_advise}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import math
 import os
+import re
 import signal
 import socket
 import threading
@@ -43,6 +45,8 @@ class CommConfig(Options):
     """Slow ranks for experiments, as RANK:SECONDS[,RANK:SECONDS]: that rank sleeps that long every step."""
     fault: str = ""
     """Fault injection for tests, as RANK:KIND@STEP[,...]; KIND is kill (SIGKILL), hang, or nan (NaN gradient)."""
+    net: str = ""
+    """Simulated network, e.g. latency=20ms,bandwidth=1Gbit: every message arrives latency + bytes/bandwidth late."""
 
     def validate(self, section: str) -> None:
         choice(self.backend, f"{section}.backend", ("auto", "gloo", "nccl"))
@@ -51,6 +55,7 @@ class CommConfig(Options):
         check(0 <= self.master_port < 65536, f"{section}.master_port", "in [0, 65535]", self.master_port)
         parse_stragglers(self.straggler)
         parse_faults(self.fault)
+        NetSim.parse(self.net)
 
 
 def parse_stragglers(spec: str) -> dict[int, float]:
@@ -80,6 +85,58 @@ def parse_faults(spec: str) -> dict[int, tuple[str, int]]:
     return out
 
 
+UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6,
+         "bit": 1 / 8, "kbit": 1e3 / 8, "mbit": 1e6 / 8, "gbit": 1e9 / 8,
+         "b": 1.0, "kb": 1e3, "mb": 1e6, "gb": 1e9}
+
+
+@dataclasses.dataclass(frozen=True)
+class NetSim:
+    """An α–β link: a message of B bytes takes ``latency_s + B / bandwidth_Bps`` to arrive.
+
+    Collectives take the time their algorithm would on such links: a ring all-reduce 2 (W−1)
+    rounds of one 1/W-sized chunk, a ring all-gather W−1 rounds of one block, a binomial-tree
+    broadcast ⌈log2 W⌉ rounds of the whole tensor. Links are full duplex and independent (no
+    contention). The delay adds to the real (loopback) transfer, less any compute the operation
+    overlapped: an all-reduce bucket launched during backward hides part of its delay, as it
+    would on a real network.
+    """
+
+    latency_s: float = 0.0
+    bandwidth_Bps: float = float("inf")
+
+    @classmethod
+    def parse(cls, spec: str) -> "NetSim | None":
+        """``"latency=2ms,bandwidth=1Gbit"`` (per second); empty means no simulation."""
+        if not spec.strip():
+            return None
+        values = {}
+        for item in spec.split(","):
+            key, _, value = (part.strip().lower() for part in item.partition("="))
+            value = value.replace("bps", "bit")  # 100Mbps: megabits
+            match = re.fullmatch(r"([0-9.]+(?:e-?[0-9]+)?)\s*([a-z]*?)(?:ps|/s)?", value)
+            unit = match and (match.group(2) or ("s" if key == "latency" else "b"))
+            if not match or unit not in UNITS:
+                raise ConfigError(f"comm.net must be latency=<n>ms,bandwidth=<n>Gbit (got {spec!r})")
+            values[key] = float(match.group(1)) * UNITS[unit]
+        unknown = set(values) - {"latency", "bandwidth"}
+        check(not unknown and values.get("bandwidth", 1) > 0 and values.get("latency", 0) >= 0, "comm.net",
+              "latency=<n>ms,bandwidth=<n>Gbit with latency >= 0 and bandwidth > 0", spec)
+        return cls(values.get("latency", 0.0), values.get("bandwidth", float("inf")))
+
+    def message(self, nbytes: float) -> float:
+        return self.latency_s + nbytes / self.bandwidth_Bps
+
+    def all_reduce(self, nbytes: float, n: int) -> float:
+        return 2 * (n - 1) * self.message(nbytes / n)
+
+    def all_gather(self, nbytes: float, n: int) -> float:
+        return (n - 1) * self.message(nbytes)
+
+    def broadcast(self, nbytes: float, n: int) -> float:
+        return math.ceil(math.log2(n)) * self.message(nbytes) if n > 1 else 0.0
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -100,15 +157,19 @@ class CommStats:
 
 
 class Work:
-    """An in-flight operation; :meth:`wait` adds the time blocked to the owner's comm time."""
+    """An in-flight operation; :meth:`wait` adds the time blocked to the owner's comm time and,
+    under a simulated network, returns no earlier than ``delay_s`` after the operation started."""
 
-    def __init__(self, comm: "Comm", work) -> None:
-        self._comm, self._work = comm, work
+    def __init__(self, comm: "Comm", work, delay_s: float = 0.0) -> None:
+        self._comm, self._work, self._delay, self._started = comm, work, delay_s, time.perf_counter()
 
     def wait(self) -> None:
         start = time.perf_counter()
         if self._work is not None:
             self._comm._wait(self._work)
+        hidden = start - self._started  # compute that ran while the operation was in flight
+        if self._delay > hidden:
+            time.sleep(self._delay - hidden)
         self._comm.stats.comm_time_s += time.perf_counter() - start
 
 
@@ -135,6 +196,7 @@ class Comm:
         self.stats = stats if stats is not None else CommStats()
         self.device = device or torch.device("cpu")
         self._stragglers = parse_stragglers(config.straggler)
+        self.net = NetSim.parse(config.net)
         self._faults = parse_faults(config.fault)
         self._counting = True
         self._lock = threading.Lock()
@@ -193,6 +255,12 @@ class Comm:
                 self.stats.bytes_received += int(round(received))
                 self.stats.messages += messages
 
+    def _simulated(self, kind: str, nbytes: float, n: int = 2) -> float:
+        """Seconds the simulated network adds to an operation (0 when off or uncounted)."""
+        if self.net is None or not self._counting:
+            return 0.0
+        return self.net.message(nbytes) if kind == "message" else getattr(self.net, kind)(nbytes, n)
+
     def _timed(self, fn, *args, **kwargs):
         start = time.perf_counter()
         try:
@@ -211,7 +279,8 @@ class Comm:
             return Work(self, None)
         self._account(2 * (n - 1) / n * size, 2 * (n - 1) / n * size, 2 * (n - 1))
         reduce_op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op]
-        return Work(self, dist.all_reduce(tensor, op=reduce_op, group=self.group, async_op=True))
+        return Work(self, dist.all_reduce(tensor, op=reduce_op, group=self.group, async_op=True),
+                    self._simulated("all_reduce", size, n))
 
     def all_reduce_(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         self.all_reduce_async(tensor, op).wait()
@@ -230,8 +299,8 @@ class Comm:
             self._account(size * (n - 1), 0, n - 1)
         else:
             self._account(0, size, 1)
-        self._timed(lambda: self._wait(dist.broadcast(tensor, self.global_rank(src), group=self.group,
-                                                      async_op=True)))
+        Work(self, dist.broadcast(tensor, self.global_rank(src), group=self.group, async_op=True),
+             self._simulated("broadcast", size, n)).wait()
         return tensor
 
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
@@ -241,7 +310,8 @@ class Comm:
             return [tensor.clone()]
         out = [torch.empty_like(tensor) for _ in range(n)]
         self._account(size * (n - 1), size * (n - 1), n - 1)
-        self._timed(lambda: self._wait(dist.all_gather(out, tensor, group=self.group, async_op=True)))
+        Work(self, dist.all_gather(out, tensor, group=self.group, async_op=True),
+             self._simulated("all_gather", size, n)).wait()
         return out
 
     def barrier(self) -> None:
@@ -254,9 +324,11 @@ class Comm:
         return Work(self, dist.isend(tensor, self.global_rank(dst), group=self.group, tag=tag))
 
     def irecv(self, tensor: torch.Tensor, src: int | None = None, tag: int = 0) -> Work:
-        self._account(0, tensor.numel() * tensor.element_size(), 0)
+        """Receive; under a simulated network it completes latency + bytes/bandwidth after posting."""
+        size = tensor.numel() * tensor.element_size()
+        self._account(0, size, 0)
         src = None if src is None else self.global_rank(src)
-        return Work(self, dist.irecv(tensor, src, group=self.group, tag=tag))
+        return Work(self, dist.irecv(tensor, src, group=self.group, tag=tag), self._simulated("message", size))
 
     def send(self, tensor: torch.Tensor, dst: int, tag: int = 0) -> None:
         self.isend(tensor, dst, tag).wait()
@@ -270,6 +342,8 @@ class Comm:
             work.wait()
         else:
             work._work.wait(datetime.timedelta(seconds=timeout_s))
+            if self.net:  # the idle wait ended when the message was sent: it still has to travel
+                time.sleep(self.net.message(tensor.numel() * tensor.element_size()))
 
     def exchange(self, send: torch.Tensor, recv: torch.Tensor, peer: int, tag: int = 0) -> None:
         """Swap equal-sized tensors with ``peer`` without deadlock (both sides post both)."""

@@ -61,6 +61,8 @@ class Worker:
         self.t0 = time.time()
         self.strategy, self.task, self.model, self.optimizer = build_parts(cfg, comm)
         self.elapsed_before, self.samples = 0.0, 0
+        self.timing = {"step_time_s": None, "train_samples_per_s": None}  # this session's training loop only
+        self.eval_time_s = 0.0
         if resume:
             self._restore(load_checkpoint(run_dir))
         self.log = MetricsLog(run_dir, comm.rank, self.t0 - self.elapsed_before)
@@ -81,7 +83,7 @@ class Worker:
         cfg, strategy, start = self.cfg, self.strategy, self.strategy.steps
         if start == 0:
             self._evaluate(0)
-        self.loop_start = time.time()
+        self.loop_start, samples_before = time.time(), self.samples
         for step in range(start, cfg.steps):
             loss, samples = self.task.loss(self.model, step)
             self.optimizer.zero_grad(set_to_none=True)
@@ -103,14 +105,20 @@ class Worker:
                 self._checkpoint(done, self.model)
             if strategy.finished:
                 break
+        train_time, steps = time.time() - self.loop_start - self.eval_time_s, strategy.steps - start
+        if steps > 0 and train_time > 0:
+            self.timing = {"step_time_s": train_time / steps,
+                           "train_samples_per_s": (self.samples - samples_before) / train_time}
 
     def _evaluate(self, step: int) -> None:
+        began = time.time()
         extra = self.strategy.measure()
         if self.leader:
             metrics = self.task.evaluate(self.model)
             self.log.log("eval", step, **metrics, **extra, **self.comm.stats.as_dict())
             if self.progress:
                 self.progress.update(step, **{self.task.metric: metrics[self.task.metric]})
+        self.eval_time_s += time.time() - began
 
     def _finish(self, final: torch.nn.Module, member: dict | None) -> None:
         """Checkpoint the final state; the reporter evaluates the result and writes the summary."""
@@ -134,7 +142,8 @@ class Worker:
     def _checkpoint(self, step: int, model: torch.nn.Module, member: dict | None = None) -> list[dict] | None:
         """Collect every rank's state and statistics at the reporter, which writes checkpoint.pt."""
         payload = {"rank": self.comm.rank, "is_worker": self.strategy.is_worker, "state": self._rank_state(),
-                   "stats": self.strategy.stats, "samples": self.samples, "member": member}
+                   "stats": self.strategy.stats, "samples": self.samples, "member": member,
+                   **self.timing}
         gathered = self.strategy.collect(to_bytes(payload))
         if gathered is None:
             return None
@@ -173,6 +182,10 @@ class Worker:
             "throughput": {"samples_per_s": samples / wall if wall else 0.0,
                            "steps_per_s": cfg.steps / wall if wall else 0.0},
         }
+        timed = [p for p in payloads if p["is_worker"] and p["step_time_s"]]
+        if timed:  # the training loops only: no start-up, evaluation or final gathering
+            summary["throughput"]["train_samples_per_s"] = sum(p["train_samples_per_s"] for p in timed)
+            summary["step_time_s"] = sum(p["step_time_s"] for p in timed) / len(timed)
         members = [p["member"] for p in payloads if p["member"] is not None]
         if members and len(members) > 1:
             values = [m[self.task.metric] for m in members]

@@ -16,7 +16,7 @@ from torch import nn
 
 from agentsync.comm import Work
 from agentsync.options import check
-from agentsync.sync.base import Strategy, StrategyConfig
+from agentsync.sync.base import StepCost, Strategy, StrategyConfig
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -69,6 +69,11 @@ class AllReduce(Strategy):
 
     Config = AllReduceConfig
     description = "average gradients every step by bucketed all-reduce (DDP); replicas identical"
+
+    @classmethod
+    def step_cost(cls, config, net, model_bytes, workers, servers) -> StepCost:
+        return StepCost(net.all_reduce(model_bytes, workers), 2 * (workers - 1) / workers * model_bytes,
+                        f"ring all-reduce every step: {2 * (workers - 1)} latencies")
 
     def _setup(self) -> None:
         super()._setup()

@@ -14,7 +14,7 @@ import torch
 from agentsync.optim import OptimizerConfig
 from agentsync.options import check
 from agentsync.sync.averaging import Decentralized, flat_params, set_flat_params_
-from agentsync.sync.base import StrategyConfig
+from agentsync.sync.base import StepCost, StrategyConfig
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -39,6 +39,12 @@ class DiLoCo(Decentralized):
     Config = DiLoCoConfig
     description = "inner optimizer for H steps, outer Nesterov SGD on the averaged pseudo-gradient"
     preferred_optimizer: ClassVar[OptimizerConfig] = OptimizerConfig(name="adamw", lr=1e-3, weight_decay=0.01)
+
+    @classmethod
+    def step_cost(cls, config, net, model_bytes, workers, servers) -> StepCost:
+        h = config.inner_steps
+        return StepCost(net.all_reduce(model_bytes, workers) / h, 2 * (workers - 1) / workers * model_bytes / h,
+                        f"one all-reduce every {h} inner steps")
 
     def _setup(self) -> None:
         super()._setup()

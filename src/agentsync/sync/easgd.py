@@ -12,12 +12,12 @@ import dataclasses
 import torch
 
 from agentsync.options import check
-from agentsync.sync.base import StrategyConfig, check_unit_interval
-from agentsync.sync.ps import Kind, Message, ParameterServer, flat, unflat_
+from agentsync.sync.base import StepCost, check_unit_interval
+from agentsync.sync.ps import Kind, Message, ParameterServer, ServerConfig, flat, unflat_
 
 
 @dataclasses.dataclass(kw_only=True)
-class EASGDConfig(StrategyConfig):
+class EASGDConfig(ServerConfig):
     name: str = "easgd"
     alpha: float = 0.25
     """Moving rate α in [0, 1]: the share of the difference between worker and center each exchange removes."""
@@ -34,6 +34,12 @@ class EASGD(ParameterServer):
 
     Config = EASGDConfig
     description = "elastic averaging: local steps, every tau steps an elastic exchange with a center on the servers"
+
+    @classmethod
+    def step_cost(cls, config, net, model_bytes, workers, servers) -> StepCost:
+        full = ParameterServer.step_cost(config, net, model_bytes, workers, servers)
+        return StepCost(full.seconds / config.tau, full.bytes_sent / config.tau,
+                        f"elastic exchange with the center every {config.tau} steps")
 
     def _step(self) -> None:
         self.optimizer.step()

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from agentsync.sync.averaging import Decentralized, flat_params, set_flat_params_
+from agentsync.sync.base import StepCost
 
 
 class EnsembleModule(nn.Module):
@@ -33,6 +34,10 @@ class Ensemble(Decentralized):
 
     def _step(self) -> None:
         self.optimizer.step()
+
+    @classmethod
+    def step_cost(cls, config, net, model_bytes, workers, servers) -> StepCost:
+        return StepCost(note="no communication until the end")
 
     @classmethod
     def final_module(cls, build_model, num_workers: int) -> nn.Module:

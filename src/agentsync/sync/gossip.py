@@ -12,7 +12,7 @@ import torch
 
 from agentsync.options import check, choice
 from agentsync.sync.averaging import Decentralized, flat_params, set_flat_params_
-from agentsync.sync.base import StrategyConfig, check_unit_interval
+from agentsync.sync.base import StepCost, StrategyConfig, check_unit_interval
 from agentsync.sync.topology import TOPOLOGIES
 
 
@@ -41,6 +41,11 @@ class Gossip(Decentralized):
     description = "local steps, then pairwise mixing with a partner from a topology (ring, random, exponential)"
 
     rounds = 0  # mixing rounds done; restored from a checkpoint before setup
+
+    @classmethod
+    def step_cost(cls, config, net, model_bytes, workers, servers) -> StepCost:
+        return StepCost(net.message(model_bytes) / config.period, model_bytes / config.period,
+                        "one model swap with one partner per round")
 
     def _setup(self) -> None:
         super()._setup()

@@ -10,7 +10,7 @@ import warnings
 
 from agentsync.options import check
 from agentsync.sync.averaging import Decentralized, average_params_
-from agentsync.sync.base import StrategyConfig
+from agentsync.sync.base import StepCost, StrategyConfig
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -31,6 +31,13 @@ class LocalSGD(Decentralized):
 
     Config = LocalSGDConfig
     description = "local steps, parameters averaged over all workers every `period` steps"
+
+    @classmethod
+    def step_cost(cls, config, net, model_bytes, workers, servers) -> StepCost:
+        period = config.period
+        return StepCost(net.all_reduce(model_bytes, workers) / period,
+                        2 * (workers - 1) / workers * model_bytes / period,
+                        f"one parameter all-reduce every {period} steps")
 
     def _step(self) -> None:
         self.optimizer.step()

@@ -2,12 +2,14 @@
 
 Ranks 0..W−1 are workers, ranks W..W+S−1 servers. Parameters are sharded over the servers as
 whole tensors with balanced bytes; each server runs the optimizer on its shard, so optimizer
-state lives there. The wire protocol is flat tensors and a 4-integer header over comm's
-point-to-point messages only — never a pickle:
+state lives there. The wire protocol is one flat float32 tensor per message over comm's
+point-to-point calls — never a pickle — whose first five entries are a small integer header
+(exact in float32 up to 2^24, so runs of up to 16.7M updates):
 
-    worker → server   header [kind, worker, version, extra] (+ payload: the shard of a gradient,
-                      of θ_i for easgd, or for COLLECT `extra` bytes of end-of-run state)
-    server → worker   header [version, min_clock, 0, 0] + the shard of θ (or of an update)
+    worker → server   [kind, worker, version, extra_hi, extra_lo | shard of a gradient, or of θ_i
+                      for easgd; zeros for DONE and COLLECT]; COLLECT is followed by a uint8
+                      message of extra = extra_hi·2^20 + extra_lo bytes of end-of-run state
+    server → worker   [version, min_clock, 0, 0, 0 | shard of θ, or of an update for easgd]
 
 A server listens to each worker on its own thread (blocking receives: a dead worker's socket
 closes and is noticed at once) and handles messages from one queue in its main thread; a
@@ -27,9 +29,11 @@ import torch
 from torch import nn
 
 from agentsync.comm import Comm
-from agentsync.sync.base import Strategy
+from agentsync.options import check
+from agentsync.sync.base import StepCost, Strategy, StrategyConfig
 
-HEADER = 4
+HEADER = 5
+MAX_UPDATES = 1 << 24  # float32 holds every integer up to here exactly: the header's range
 IDLE_S = 24 * 3600.0  # a listener waits this long for a worker's next message; death is noticed sooner
 
 
@@ -71,19 +75,23 @@ def unflat_(tensors: list[torch.Tensor], vector: torch.Tensor) -> None:
         offset += t.numel()
 
 
+def pack(header: list[int], payload: torch.Tensor) -> torch.Tensor:
+    return torch.cat([torch.tensor(header, dtype=torch.float32), payload.float()])
+
+
+def unpack(message: torch.Tensor) -> tuple[list[int], torch.Tensor]:
+    return [int(x) for x in message[:HEADER]], message[HEADER:]
+
+
 def listen(comm: Comm, worker: int, payload_numel: int, inbox: queue.Queue) -> None:
     """Forward one worker's messages into the server's inbox until it has sent COLLECT or died."""
     while True:
-        header = torch.zeros(HEADER, dtype=torch.int64)
+        message = torch.empty(HEADER + payload_numel)
         try:
-            comm.recv(header, worker, timeout_s=IDLE_S)
-            kind, _, version, extra = (int(x) for x in header)
-            payload = None
-            if kind == Kind.PUSH:
-                payload = torch.empty(payload_numel)
-            elif kind == Kind.COLLECT:
-                payload = torch.empty(extra, dtype=torch.uint8)
-            if payload is not None:
+            comm.recv(message, worker, timeout_s=IDLE_S)
+            (kind, _, version, hi, lo), payload = unpack(message)
+            if kind == Kind.COLLECT:
+                payload = torch.empty((hi << 20) + lo, dtype=torch.uint8)
                 comm.recv(payload, worker, timeout_s=IDLE_S)
             inbox.put(Message(worker, Kind(kind), version, payload))
             if kind == Kind.COLLECT:
@@ -93,9 +101,20 @@ def listen(comm: Comm, worker: int, payload_numel: int, inbox: queue.Queue) -> N
             return
 
 
+@dataclasses.dataclass(kw_only=True)
+class ServerConfig(StrategyConfig):
+    """Options every parameter-server strategy has."""
+
+    def validate_run(self, run) -> None:
+        steps = run.steps or 0  # each worker push makes at most one server update
+        check(steps * run.workers < MAX_UPDATES, "steps", f"below {MAX_UPDATES} // workers (the header's exact range)",
+              steps)
+
+
 class ParameterServer(Strategy):
     """Shared worker and server roles; variants override :meth:`on_push` (and the payloads)."""
 
+    Config = ServerConfig
     tolerates_worker_loss = True
     midrun_checkpoints = False
     version = 0   # server: updates applied; worker: the version of the parameters it holds
@@ -105,6 +124,13 @@ class ParameterServer(Strategy):
     @classmethod
     def world_size(cls, workers: int, servers: int) -> int:
         return workers + servers
+
+    @classmethod
+    def step_cost(cls, config, net, model_bytes, workers, servers) -> StepCost:
+        shard = model_bytes / servers + HEADER * 4
+        return StepCost(2 * net.message(shard), model_bytes + servers * HEADER * 4, cls.cost_note)
+
+    cost_note = "push gradient, pull parameters (2 messages)"
 
     @property
     def num_servers(self) -> int:
@@ -157,23 +183,27 @@ class ParameterServer(Strategy):
     def _step(self) -> None:
         self.exchange_(Kind.PUSH)
 
+    def shard_numel(self, server: int) -> int:
+        return sum(self.params[i].numel() for i in self.shards[server])
+
+    def send_to_server(self, server: int, kind: Kind, payload: torch.Tensor | None = None, extra: int = 0) -> None:
+        if payload is None:
+            payload = torch.zeros(self.shard_numel(server))
+        header = [int(kind), self.comm.rank, self.version, extra >> 20, extra & 0xFFFFF]
+        self.comm.send(pack(header, payload), self.num_workers + server)
+
     def exchange_(self, kind: Kind) -> None:
         """Send ``kind`` (with payloads for PUSH) to every server, then take every answer."""
         servers = range(self.num_servers)
-        payloads = [self.worker_payload(s) if kind == Kind.PUSH else None for s in servers]
         for s in servers:
-            dst = self.num_workers + s
-            self.comm.send(torch.tensor([int(kind), self.comm.rank, self.version, 0]), dst)
-            if payloads[s] is not None:
-                self.comm.send(payloads[s], dst)
+            self.send_to_server(s, kind, self.worker_payload(s) if kind == Kind.PUSH else None)
         self.clock += kind == Kind.PUSH
         for s in servers:
-            header = torch.zeros(HEADER, dtype=torch.int64)
-            reply = torch.empty(sum(p.numel() for p in self.shard_tensors(s)))
-            self.comm.recv(header, self.num_workers + s)
-            self.comm.recv(reply, self.num_workers + s)
+            message = torch.empty(HEADER + self.shard_numel(s))
+            self.comm.recv(message, self.num_workers + s)
+            (version, min_clock, *_), reply = unpack(message)
             self.apply_reply_(s, reply)
-            self.version, min_clock = int(header[0]), int(header[1])
+            self.version = version
             self.stats_extra["clock_gap"] = self.clock - min_clock
 
     def finalize(self) -> nn.Module:
@@ -244,8 +274,7 @@ class ParameterServer(Strategy):
 
     def answer(self, worker: int, payload: torch.Tensor) -> None:
         min_clock = min((self.clocks[w] for w in self.live - self.done), default=self.clocks[worker])
-        self.comm.send(torch.tensor([self.version, min_clock, 0, 0]), worker)
-        self.comm.send(payload, worker)
+        self.comm.send(pack([self.version, min_clock, 0, 0, 0], payload), worker)
 
     def shard_vector(self) -> torch.Tensor:
         return flat(self.shard)
@@ -274,7 +303,7 @@ class ParameterServer(Strategy):
 
     def gather_final_model_(self) -> None:
         """Every server ends with the whole final model (server 0 evaluates and reports it)."""
-        sizes = [sum(self.params[i].numel() for i in shard) for shard in self.shards]
+        sizes = [self.shard_numel(s) for s in range(self.num_servers)]
         mine = torch.zeros(max(sizes))
         mine[: sizes[self.server_index]] = self.final_shard()
         for s, vector in enumerate(self.servers_comm.all_gather(mine)):
@@ -285,10 +314,8 @@ class ParameterServer(Strategy):
         """Workers send their state to server 0 over the protocol; servers gather among themselves."""
         with self.comm.uncounted():
             if self.is_worker:
-                data = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
-                self.comm.send(torch.tensor([int(Kind.COLLECT), self.comm.rank, self.version, len(payload)]),
-                               self.num_workers)
-                self.comm.send(data, self.num_workers)
+                self.send_to_server(0, Kind.COLLECT, extra=len(payload))
+                self.comm.send(torch.frombuffer(bytearray(payload), dtype=torch.uint8), self.num_workers)
                 return None
             servers = self.servers_comm.gather_bytes(payload, dst=0)
             if not self.is_reporter:

@@ -12,14 +12,14 @@ import dataclasses
 
 from agentsync.optim import OptimizerConfig
 from agentsync.options import check
-from agentsync.sync.base import StrategyConfig
-from agentsync.sync.ps import Message, ParameterServer
+from agentsync.sync.ps import Message, ParameterServer, ServerConfig
 
 
 class PSAsync(ParameterServer):
     """Hogwild on a server: no worker ever waits for another."""
 
     description = "asynchronous parameter server: each gradient applied on arrival (Downpour)"
+    cost_note = "push and pull; never waits for other workers"
     # Asynchrony already acts as momentum (Mitliagkas et al., 2016); SGD momentum on top diverges.
     preferred_optimizer = OptimizerConfig(momentum=0.0)
 
@@ -41,7 +41,7 @@ class PSAsync(ParameterServer):
 
 
 @dataclasses.dataclass(kw_only=True)
-class SSPConfig(StrategyConfig):
+class SSPConfig(ServerConfig):
     name: str = "ssp"
     staleness: int = 3
     """How many pushes a worker may be ahead of the slowest live worker (0: lockstep)."""

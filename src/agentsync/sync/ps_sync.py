@@ -14,17 +14,17 @@ import torch
 
 from agentsync.errors import JobFailed
 from agentsync.options import check
-from agentsync.sync.base import StrategyConfig
-from agentsync.sync.ps import Message, ParameterServer
+from agentsync.sync.ps import Message, ParameterServer, ServerConfig
 
 
 @dataclasses.dataclass(kw_only=True)
-class PSSyncConfig(StrategyConfig):
+class PSSyncConfig(ServerConfig):
     name: str = "ps-sync"
     replicas_to_aggregate: int | None = None
     """Gradients averaged per step (default: all workers); the other workers are backups."""
 
     def validate_run(self, run) -> None:
+        super().validate_run(run)
         r = self.replicas_to_aggregate
         check(r is None or 1 <= r <= run.workers, "strategy.replicas_to_aggregate", f"in [1, workers={run.workers}]", r)
 
@@ -34,6 +34,7 @@ class PSSync(ParameterServer):
 
     Config = PSSyncConfig
     description = "synchronous parameter server; replicas_to_aggregate < W makes the slowest workers backups"
+    cost_note = "push and pull; waits for replicas_to_aggregate gradients"
     dropped = 0
 
     @property

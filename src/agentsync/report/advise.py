@@ -1,0 +1,142 @@
+"""``agentsync advise``: predicted per-step time of every strategy for a task, W workers and a network.
+
+    step time = compute × max(1, W / cores) + the strategy's communication (``Strategy.step_cost``)
+
+Compute is measured here, on this machine: a few optimizer steps of worker 0's model and batch in
+this process (one torch thread, as a worker has). With ``calibrate`` the base is instead measured
+by short real runs of each strategy on loopback (processes, gloo, contention and all), and only the
+simulated network's cost is added by the model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from agentsync.comm import NetSim
+from agentsync.config import RunConfig, load_config
+from agentsync.sync import strategy_class
+from agentsync.tasks import build_task
+
+# Strategies whose steps buy less progress than allreduce's: the advice says so next to the time.
+CONVERGENCE_WARNINGS = {
+    "ps-async": "stale gradients: expect more steps to the same accuracy as W grows",
+    "ssp": "bounded staleness: more steps to the same accuracy than ps-sync",
+    "gossip": "replicas agree only after ~mixing-time rounds: more steps than allreduce at large W",
+    "local-sgd": "replicas drift between averages: large periods need more steps",
+    "diloco": "replicas drift between outer steps: needs more steps per unit of accuracy",
+    "easgd": "elastic averaging: replicas explore apart, more steps than allreduce",
+    "ensemble": "no sharing: each member learns from 1/W of the data",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    strategy: str
+    step_time_s: float
+    compute_s: float
+    comm_s: float
+    bytes_per_step: float
+    note: str
+    warning: str = ""
+
+
+def model_bytes(cfg: RunConfig) -> int:
+    task = build_task(cfg.task, worker_rank=0, num_workers=cfg.workers, seed=cfg.seed)
+    return sum(p.numel() * p.element_size() for p in task.build_model().parameters())
+
+
+def measure_compute(cfg: RunConfig, steps: int = 20, warmup: int = 5) -> float:
+    """Seconds of one worker's loss + backward + optimizer step, on one torch thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(cfg.seed)
+        task = build_task(cfg.task, worker_rank=0, num_workers=cfg.workers, seed=cfg.seed)
+        model = task.build_model()
+        optimizer = cfg.optimizer.build(model.parameters())
+        for step in range(warmup + steps):
+            if step == warmup:
+                start = time.perf_counter()
+            loss, _ = task.loss(model, step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return (time.perf_counter() - start) / steps
+    finally:
+        torch.set_num_threads(threads)
+
+
+def predict(cfg: RunConfig, net: NetSim, compute_s: float, cores: int | None = None) -> Prediction:
+    """One strategy's prediction; ``compute_s`` is one worker's step alone on a core."""
+    cores = cores or os.cpu_count() or 1
+    cls = strategy_class(cfg.strategy.name)
+    cost = cls.step_cost(cfg.strategy, net, model_bytes(cfg), cfg.workers, cfg.servers)
+    compute = compute_s * max(1.0, cfg.workers / cores)
+    return Prediction(cfg.strategy.name, compute + cost.seconds, compute, cost.seconds, cost.bytes_sent, cost.note,
+                      CONVERGENCE_WARNINGS.get(cfg.strategy.name, "") if cfg.workers > 1 else "")
+
+
+def advise(task: str, strategies: list[str], workers: int, net: NetSim, *, servers: int = 1,
+           overrides: list[str] = (), base_step_s: dict[str, float] | None = None) -> list[Prediction]:
+    """Predictions for ``strategies``, fastest first. ``base_step_s`` (from a calibration) replaces
+    the compute model by a measured loopback step time per strategy."""
+    predictions, compute = [], None
+    for name in strategies:
+        cfg = load_config(None, flags={"task.name": task, "strategy.name": name, "workers": workers,
+                                       "servers": servers}, overrides=list(overrides))
+        if compute is None:
+            compute = measure_compute(cfg)
+        p = predict(cfg, net, compute)
+        if base_step_s and name in base_step_s:
+            p = dataclasses.replace(p, compute_s=base_step_s[name], step_time_s=base_step_s[name] + p.comm_s)
+        predictions.append(p)
+    return sorted(predictions, key=lambda p: p.step_time_s)
+
+
+def calibrate(task: str, strategies: list[str], workers: int, servers: int, overrides: list[str],
+              steps: int = 30) -> dict[str, float]:
+    """Each strategy's measured step time on loopback: short real runs, one after another."""
+    from agentsync.report.matrix import StrategySpec, Study, run_matrix
+    from agentsync.report.results import collect
+
+    study = Study(task=task, strategies=tuple(StrategySpec(s) for s in strategies), workers=(workers,), steps=steps,
+                  overrides=(*overrides, f"servers={servers}", "eval_every=0", "checkpoint_every=0"))
+    with tempfile.TemporaryDirectory() as folder:
+        run_matrix(study, Path(folder))
+        return {r.cell.strategy.name: r.summary["step_time_s"] for r in collect(study, Path(folder)) if r.ok}
+
+
+def advise_from_args(args) -> tuple[NetSim, list[Prediction]]:
+    from agentsync.sync import STRATEGIES
+
+    spec = ",".join(f"{k}={v}" for k, v in (("latency", args.latency), ("bandwidth", args.bandwidth)) if v)
+    net = NetSim.parse(spec) or NetSim()
+    names = [s.strip() for s in args.strategies.split(",")] if args.strategies else [s for s in STRATEGIES if s != "none"]
+    base = calibrate(args.task, names, args.workers, args.servers, args.overrides) if args.calibrate else None
+    return net, advise(args.task, names, args.workers, net, servers=args.servers, overrides=args.overrides,
+                       base_step_s=base)
+
+
+def print_advice(net: NetSim, args, predictions: list[Prediction]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    bandwidth = "unlimited" if net.bandwidth_Bps == float("inf") else f"{net.bandwidth_Bps * 8 / 1e9:.3g} Gbit/s"
+    table = Table(title=f"{args.task} · W = {args.workers} · latency {net.latency_s * 1e3:.3g} ms · {bandwidth}",
+                  caption=("base step time measured by short loopback runs" if args.calibrate else
+                           f"compute per step, measured here (with W/cores contention): {predictions[0].compute_s * 1e3:.3g} ms") if predictions else None)
+    for column in ("#", "strategy", "step time", "network", "bytes / step", "why"):
+        table.add_column(column, justify="left" if column in ("strategy", "why") else "right")
+    for i, p in enumerate(predictions, 1):
+        table.add_row(str(i), p.strategy + (" ⚠" if p.warning else ""), f"{p.step_time_s * 1e3:.3g} ms",
+                      f"{p.comm_s * 1e3:.3g} ms", f"{p.bytes_per_step / 1e3:.3g} kB", p.note)
+    console = Console(width=max(Console().width, 110))
+    console.print(table)
+    for p in predictions:
+        if p.warning:
+            console.print(f"⚠ {p.strategy}: {p.warning}", highlight=False)
