@@ -51,8 +51,11 @@ def test_backup_workers_take_the_straggler_off_the_critical_path(tmp_path):
     backup = train(tmp_path / "r2", *args, "--set", "strategy.replicas_to_aggregate=2")
     assert waiting["updates"] == backup["updates"] == 20
     assert waiting["dropped_gradients"] == 0 and backup["dropped_gradients"] >= 1
-    # the straggler costs the synchronous run its 4 s of sleep; the backup run saves most of it
-    assert backup["wall_time_s"] < waiting["wall_time_s"] - 0.5 * 20 * 0.2
+    # Training-loop time per step, averaged over the 3 workers (start-up excluded: it varies by
+    # seconds on a loaded machine). Waiting for all 3, every worker's step lasts >= 0.2 s; with 2,
+    # workers 0 and 2 stop waiting, so the mean is about (0.2 + 2 ε) / 3: less than half.
+    assert waiting["step_time_s"] >= 0.2
+    assert backup["step_time_s"] < 0.5 * waiting["step_time_s"]
 
 
 @pytest.fixture(scope="module")

@@ -35,17 +35,24 @@ def _entry(cfg: RunConfig, run_dir: str, resume: bool, progress: ProgressFactory
     os.environ.update(env)
     torch.set_num_threads(cfg.launch.threads_per_worker)
     rank = int(env["RANK"])
+    code = 0
     try:
         run_worker(cfg, run_dir, resume=resume, progress=progress)
     except KeyboardInterrupt:
-        sys.exit(130)
+        code = 130
     except BaseException as e:  # report on one line; the traceback goes to the run folder
         errors = Path(run_dir) / "errors"
         errors.mkdir(exist_ok=True)
         (errors / f"rank-{rank}.txt").write_text(traceback.format_exc())
         first_line = (str(e).strip().splitlines() or [""])[0]
         print(f"agentsync: rank {rank}: {type(e).__name__}: {first_line}", file=sys.stderr, flush=True)
-        sys.exit(1)
+        code = 1
+    # Everything is written (files atomically, logs closed). Skip interpreter finalization: gloo's
+    # threads can still hold work objects then, and tearing those down aborts now and then
+    # ("terminate called without an active exception", SIGABRT), which would read as a crash.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def describe_exit(code: int) -> str:
