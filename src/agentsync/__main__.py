@@ -1,5 +1,3 @@
-import sys
+from agentsync.cli import entry
 
-from agentsync.cli import main
-
-sys.exit(main())
+entry()

@@ -283,5 +283,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The console script. A rank that torchrun started leaves without interpreter finalization once
+    everything is written: gloo's teardown then aborts now and then (SIGABRT), which torchrun would
+    report as a failed job (the local launcher's ranks do the same)."""
+    code = main()
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -1,11 +1,48 @@
-"""DQN's learner: a uniform replay buffer and the Huber TD loss against a target network."""
+"""DQN's learner: n-step transitions, a uniform replay buffer and the Huber TD loss against a target network."""
 from __future__ import annotations
+
+from collections import deque
 
 import numpy as np
 import torch
 from torch import nn
 
-FIELDS = ("obs", "actions", "rewards", "next_obs", "terminated")
+from agentsync.agents.rollout import Steps
+
+FIELDS = ("obs", "actions", "rewards", "next_obs", "terminated", "horizon")
+
+
+class NStepAccumulator:
+    """Turns each env's one-step transitions into n-step ones, never across an episode boundary.
+
+    A transition from s_t is emitted once s_{t+n} is known, or earlier when the episode ends at
+    s_{t+k}, k < n: reward Σ_{i<k} γ^i r_{t+i}, ``next_obs`` s_{t+k}, ``horizon`` k, ``terminated`` if
+    the episode terminated (truncation keeps the bootstrap from the final observation). n = 1 gives
+    the ordinary one-step transitions.
+    """
+
+    def __init__(self, n: int, gamma: float, num_envs: int) -> None:
+        self.n, self.gamma = n, gamma
+        self.pending: list[deque] = [deque() for _ in range(num_envs)]
+
+    def __call__(self, steps: Steps) -> dict[str, np.ndarray]:
+        """n-step transitions completed by one vector step (``steps`` shaped (1, N, ...))."""
+        out: list[tuple] = []
+        for i, pending in enumerate(self.pending):
+            if not steps.valid[0, i]:
+                continue  # Gymnasium's autoreset step: no transition
+            pending.append((steps.obs[0, i], steps.actions[0, i], float(steps.rewards[0, i])))
+            terminated, ended = bool(steps.terminated[0, i]), bool(steps.terminated[0, i] | steps.truncated[0, i])
+            while pending and (ended or len(pending) == self.n):
+                rewards = np.array([r for _, _, r in pending])
+                ret = float((rewards * self.gamma ** np.arange(len(rewards))).sum())
+                obs, action, _ = pending.popleft()
+                out.append((obs, action, ret, steps.next_obs[0, i], terminated, len(rewards)))
+        if not out:
+            return {}
+        cols = list(zip(*out))
+        dtypes = (steps.obs.dtype, steps.actions.dtype, np.float32, steps.next_obs.dtype, bool, np.int64)
+        return {k: np.asarray(col, dtype=dtype) for k, col, dtype in zip(FIELDS, cols, dtypes)}
 
 
 class ReplayBuffer:
@@ -16,7 +53,11 @@ class ReplayBuffer:
         self.data: dict[str, np.ndarray] = {}
 
     def add(self, batch: dict[str, np.ndarray]) -> None:
+        if not batch:
+            return
         n = len(batch["obs"])
+        if "horizon" not in batch:
+            batch = {**batch, "horizon": np.ones(n, np.int64)}
         if not self.data:
             self.data = {k: np.zeros((self.capacity, *batch[k].shape[1:]), batch[k].dtype) for k in FIELDS}
         idx = (self.pos + np.arange(n)) % self.capacity
@@ -29,10 +70,16 @@ class ReplayBuffer:
         return {k: torch.as_tensor(v[idx]) for k, v in self.data.items()}
 
 
-def dqn_loss(q: nn.Module, target: nn.Module, batch: dict[str, torch.Tensor], gamma: float) -> torch.Tensor:
-    """Huber(Q(s,a), r + γ max_a' Q_target(s',a')·(1 − terminated))."""
+def dqn_loss(q: nn.Module, target: nn.Module, batch: dict[str, torch.Tensor], gamma: float,
+             double: bool = True) -> torch.Tensor:
+    """Huber(Q(s,a), r + γᵏ Q_target(s', a*)·(1 − terminated)), k = the transition's ``horizon`` (1
+    if absent); a* = argmax of the online network (Double DQN, less overestimation) or of the target
+    network (``double=False``, classic DQN)."""
     with torch.no_grad():
-        next_q = target(batch["next_obs"]).max(-1).values
-        y = batch["rewards"] + gamma * next_q * (~batch["terminated"]).float()
+        chooser = q if double else target
+        best = chooser(batch["next_obs"]).argmax(-1, keepdim=True)
+        next_q = target(batch["next_obs"]).gather(-1, best).squeeze(-1)
+        discount = gamma ** batch["horizon"].float() if "horizon" in batch else gamma
+        y = batch["rewards"] + discount * next_q * (~batch["terminated"]).float()
     chosen = q(batch["obs"]).gather(-1, batch["actions"].long()[:, None]).squeeze(-1)
     return nn.functional.smooth_l1_loss(chosen, y)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from agentsync.agents.actor import EpsilonSchedule
 from agentsync.agents.rollout import VECTOR_MODES, Collector, evaluate_episodes, make_vec_env
 from agentsync.options import check, choice
 from agentsync.tasks.base import Task, TaskConfig
@@ -39,6 +40,27 @@ class RLConfig(TaskConfig):
         choice(self.vector_mode, f"{section}.vector_mode", VECTOR_MODES)
         check(0 <= self.gamma <= 1, f"{section}.gamma", "in [0, 1]", self.gamma)
         check(self.eval_episodes >= 1, f"{section}.eval_episodes", ">= 1", self.eval_episodes)
+
+
+@dataclasses.dataclass(kw_only=True)
+class EpsilonGreedyConfig(RLConfig):
+    """Options of tasks that explore ε-greedily (Q-learning, DQN)."""
+
+    epsilon_start: float = 1.0
+    """Exploration rate at the first update."""
+    epsilon_end: float = 0.05
+    """Exploration rate after the decay."""
+    epsilon_decay_steps: int = 2000
+    """Updates over which ε decays linearly."""
+
+    def validate(self, section: str) -> None:
+        super().validate(section)
+        for name in ("epsilon_start", "epsilon_end"):
+            check(0 <= getattr(self, name) <= 1, f"{section}.{name}", "in [0, 1]", getattr(self, name))
+        check(self.epsilon_decay_steps >= 0, f"{section}.epsilon_decay_steps", ">= 0", self.epsilon_decay_steps)
+
+    def schedule(self) -> EpsilonSchedule:
+        return EpsilonSchedule(self.epsilon_start, self.epsilon_end, self.epsilon_decay_steps)
 
 
 class RLTask(Task):
