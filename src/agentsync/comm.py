@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import gc
 import math
 import os
 import re
@@ -232,8 +233,13 @@ class Comm:
         return rank if self.group is None else dist.get_global_rank(self.group, rank)
 
     def close(self) -> None:
+        """Leave the process group. Collect garbage around it first: strategies hold hooks in
+        reference cycles, and gloo work objects freed only by the interpreter's final collection
+        can abort the process (torch 2.13: SIGABRT, "terminate called without an active exception")."""
         if dist.is_initialized():
+            gc.collect()
             dist.destroy_process_group()
+            gc.collect()
 
     # -- accounting -------------------------------------------------------------------------
     @contextlib.contextmanager
