@@ -190,6 +190,8 @@ def print_summary(run_dir: Path) -> None:
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     table.add_row("wall time", f"{s['wall_time_s']:.1f} s")
     table.add_row("samples / s", f"{s['throughput']['samples_per_s']:.0f}")
+    if s.get("step_time_s"):
+        table.add_row("step time (training loop)", f"{s['step_time_s'] * 1e3:.3g} ms")
     table.add_row("bytes sent (all ranks)", f"{s['comm']['bytes_sent'] / 1e6:.2f} MB")
     table.add_row("time communicating (all ranks)", f"{s['comm']['comm_time_s']:.2f} s")
     if s.get("consensus_distance") is not None:
