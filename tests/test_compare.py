@@ -16,7 +16,7 @@ import pytest
 
 from agentsync.comm import NetSim
 from agentsync.config import load_config
-from agentsync.report.advise import predict
+from agentsync.report.advise import model_bytes, predict
 from conftest import agentsync
 
 LATENCY = "latency=20ms"
@@ -73,7 +73,7 @@ def test_simulated_latency_slows_allreduce_by_the_model_and_local_sgd_wins(study
     measured_wins = float(rows["local-sgd-period-8-w2-s0"]["wall_time_s"]) < float(rows["allreduce-w2-s0"]["wall_time_s"])
     assert measured_wins and step["local-sgd-period-8-w2-s0"] < step["allreduce-w2-s0"]
     configs = {s: load_config(study / "configs" / f"{s}-w2-s0.toml") for s in ("allreduce", "local-sgd-period-8")}
-    predicted = {s: predict(cfg, net, compute_s=0.0).step_time_s for s, cfg in configs.items()}
+    predicted = {s: predict(cfg, net, compute_s=0.0, nbytes=model_bytes(cfg)).step_time_s for s, cfg in configs.items()}
     assert predicted["local-sgd-period-8"] < predicted["allreduce"]
 
 

@@ -286,14 +286,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """The console script. A rank that torchrun started leaves without interpreter finalization once
-    everything is written: gloo's teardown then aborts now and then (SIGABRT), which torchrun would
-    report as a failed job (the local launcher's ranks do the same)."""
+    """The console script. A rank that torchrun started leaves as the local launcher's ranks do
+    (:func:`agentsync.comm.leave_process`), so a finished job never reads as failed."""
     code = main()
     if os.environ.get("TORCHELASTIC_RUN_ID"):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        from agentsync.comm import leave_process
+        leave_process(code)
     sys.exit(code)
 
 

@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import socket
+import sys
 import threading
 import time
 from typing import Iterator
@@ -136,6 +137,17 @@ class NetSim:
 
     def broadcast(self, nbytes: float, n: int) -> float:
         return math.ceil(math.log2(n)) * self.message(nbytes) if n > 1 else 0.0
+
+
+def leave_process(code: int) -> None:
+    """Exit now, without interpreter finalization; for a rank whose outputs are all written.
+
+    torch 2.13's gloo teardown during finalization aborts now and then (SIGABRT, "terminate
+    called without an active exception"), which would make a finished rank read as crashed.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -348,8 +360,8 @@ class Comm:
             work.wait()
         else:
             work._work.wait(datetime.timedelta(seconds=timeout_s))
-            if self.net:  # the idle wait ended when the message was sent: it still has to travel
-                time.sleep(self.net.message(tensor.numel() * tensor.element_size()))
+            # the idle wait ended when the message was sent: under a simulated network it still travels
+            time.sleep(self._simulated("message", tensor.numel() * tensor.element_size()))
 
     def exchange(self, send: torch.Tensor, recv: torch.Tensor, peer: int, tag: int = 0) -> None:
         """Swap equal-sized tensors with ``peer`` without deadlock (both sides post both)."""

@@ -62,7 +62,6 @@ class Worker:
         self.strategy, self.task, self.model, self.optimizer = build_parts(cfg, comm)
         self.elapsed_before, self.samples = 0.0, 0
         self.timing = {"step_time_s": None, "train_samples_per_s": None}  # this session's training loop only
-        self.eval_time_s = 0.0
         if resume:
             self._restore(load_checkpoint(run_dir))
         self.log = MetricsLog(run_dir, comm.rank, self.t0 - self.elapsed_before)
@@ -83,7 +82,7 @@ class Worker:
         cfg, strategy, start = self.cfg, self.strategy, self.strategy.steps
         if start == 0:
             self._evaluate(0)
-        self.loop_start, samples_before = time.time(), self.samples
+        self.loop_start, samples_before, eval_time = time.time(), self.samples, 0.0
         for step in range(start, cfg.steps):
             loss, samples = self.task.loss(self.model, step)
             self.optimizer.zero_grad(set_to_none=True)
@@ -99,26 +98,26 @@ class Worker:
                 rate = self.samples * self.cfg.workers / max(time.time() - self.loop_start, 1e-9)
                 self.progress.update(done, loss=loss.item(), samples_per_s=rate)
             if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
+                began = time.time()
                 self._evaluate(done)
+                eval_time += time.time() - began
             if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done != cfg.steps
                     and strategy.midrun_checkpoints):
                 self._checkpoint(done, self.model)
             if strategy.finished:
                 break
-        train_time, steps = time.time() - self.loop_start - self.eval_time_s, strategy.steps - start
+        train_time, steps = time.time() - self.loop_start - eval_time, strategy.steps - start
         if steps > 0 and train_time > 0:
             self.timing = {"step_time_s": train_time / steps,
                            "train_samples_per_s": (self.samples - samples_before) / train_time}
 
     def _evaluate(self, step: int) -> None:
-        began = time.time()
         extra = self.strategy.measure()
         if self.leader:
             metrics = self.task.evaluate(self.model)
             self.log.log("eval", step, **metrics, **extra, **self.comm.stats.as_dict())
             if self.progress:
                 self.progress.update(step, **{self.task.metric: metrics[self.task.metric]})
-        self.eval_time_s += time.time() - began
 
     def _finish(self, final: torch.nn.Module, member: dict | None) -> None:
         """Checkpoint the final state; the reporter evaluates the result and writes the summary."""

@@ -3,13 +3,13 @@
 Run under torchrun; rank 0 writes the final state dict to OUT. It uses the same seed, model,
 data shard and SGD settings as ``agentsync train --task digits --strategy allreduce``.
 """
-import os
 import sys
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from agentsync.comm import leave_process
 from agentsync.tasks.digits import Digits, DigitsConfig
 
 
@@ -33,7 +33,4 @@ def main(out: str, steps: int, lr: float, seed: int = 0) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]))
-    # The reference is saved. torch 2.13's gloo teardown at interpreter exit aborts now and then
-    # (SIGABRT, "terminate called without an active exception"); skip finalization.
-    sys.stdout.flush()
-    os._exit(0)
+    leave_process(0)  # the reference is saved

@@ -5,13 +5,13 @@ ROUNDS steps with lr 0, so only mixing moves the parameters. Rank 0 writes, per 
 consensus distance after each round; every rank writes its final parameters.
 """
 import json
-import os
 import sys
 from pathlib import Path
 
 import torch
 
 import agentsync
+from agentsync.comm import leave_process
 from agentsync.sync.averaging import flat_params, set_flat_params_
 
 ROUNDS, ALPHA = 40, 0.75
@@ -44,6 +44,4 @@ def main(out: Path) -> None:
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
     agentsync.shutdown()
-    # Saved. Skip interpreter finalization, where torch 2.13's gloo teardown aborts now and then.
-    sys.stdout.flush()
-    os._exit(0)
+    leave_process(0)  # the distances are saved

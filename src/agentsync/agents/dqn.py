@@ -56,8 +56,6 @@ class ReplayBuffer:
         if not batch:
             return
         n = len(batch["obs"])
-        if "horizon" not in batch:
-            batch = {**batch, "horizon": np.ones(n, np.int64)}
         if not self.data:
             self.data = {k: np.zeros((self.capacity, *batch[k].shape[1:]), batch[k].dtype) for k in FIELDS}
         idx = (self.pos + np.arange(n)) % self.capacity
@@ -72,14 +70,14 @@ class ReplayBuffer:
 
 def dqn_loss(q: nn.Module, target: nn.Module, batch: dict[str, torch.Tensor], gamma: float,
              double: bool = True) -> torch.Tensor:
-    """Huber(Q(s,a), r + γᵏ Q_target(s', a*)·(1 − terminated)), k = the transition's ``horizon`` (1
-    if absent); a* = argmax of the online network (Double DQN, less overestimation) or of the target
-    network (``double=False``, classic DQN)."""
+    """Huber(Q(s,a), r + γᵏ Q_target(s', a*)·(1 − terminated)), k = the transition's ``horizon``;
+    a* = argmax of the online network (Double DQN, less overestimation) or of the target network
+    (``double=False``, classic DQN)."""
     with torch.no_grad():
         chooser = q if double else target
         best = chooser(batch["next_obs"]).argmax(-1, keepdim=True)
         next_q = target(batch["next_obs"]).gather(-1, best).squeeze(-1)
-        discount = gamma ** batch["horizon"].float() if "horizon" in batch else gamma
+        discount = gamma ** batch["horizon"].float()
         y = batch["rewards"] + discount * next_q * (~batch["terminated"]).float()
     chosen = q(batch["obs"]).gather(-1, batch["actions"].long()[:, None]).squeeze(-1)
     return nn.functional.smooth_l1_loss(chosen, y)

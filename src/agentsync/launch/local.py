@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from agentsync.comm import free_port
+from agentsync.comm import free_port, leave_process
 from agentsync.config import RunConfig
 from agentsync.errors import JobFailed
 from agentsync.launch import prepare_run_dir
@@ -47,12 +47,7 @@ def _entry(cfg: RunConfig, run_dir: str, resume: bool, progress: ProgressFactory
         first_line = (str(e).strip().splitlines() or [""])[0]
         print(f"agentsync: rank {rank}: {type(e).__name__}: {first_line}", file=sys.stderr, flush=True)
         code = 1
-    # Everything is written (files atomically, logs closed). Skip interpreter finalization: gloo's
-    # threads can still hold work objects then, and tearing those down aborts now and then
-    # ("terminate called without an active exception", SIGABRT), which would read as a crash.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    leave_process(code)  # everything is written: files atomically, logs closed
 
 
 def describe_exit(code: int) -> str:

@@ -71,11 +71,11 @@ def measure_compute(cfg: RunConfig, steps: int = 20, warmup: int = 5) -> float:
         torch.set_num_threads(threads)
 
 
-def predict(cfg: RunConfig, net: NetSim, compute_s: float, cores: int | None = None) -> Prediction:
-    """One strategy's prediction; ``compute_s`` is one worker's step alone on a core."""
+def predict(cfg: RunConfig, net: NetSim, compute_s: float, nbytes: int, cores: int | None = None) -> Prediction:
+    """One strategy's prediction; ``compute_s`` is one worker's step alone on a core, ``nbytes`` the model's size."""
     cores = cores or os.cpu_count() or 1
     cls = strategy_class(cfg.strategy.name)
-    cost = cls.step_cost(cfg.strategy, net, model_bytes(cfg), cfg.workers, cfg.servers)
+    cost = cls.step_cost(cfg.strategy, net, nbytes, cfg.workers, cfg.servers)
     compute = compute_s * max(1.0, cfg.workers / cores)
     return Prediction(cfg.strategy.name, compute + cost.seconds, compute, cost.seconds, cost.bytes_sent, cost.note,
                       CONVERGENCE_WARNINGS.get(cfg.strategy.name, "") if cfg.workers > 1 else "")
@@ -85,13 +85,13 @@ def advise(task: str, strategies: list[str], workers: int, net: NetSim, *, serve
            overrides: list[str] = (), base_step_s: dict[str, float] | None = None) -> list[Prediction]:
     """Predictions for ``strategies``, fastest first. ``base_step_s`` (from a calibration) replaces
     the compute model by a measured loopback step time per strategy."""
-    predictions, compute = [], None
+    predictions, compute, nbytes = [], None, None
     for name in strategies:
         cfg = load_config(None, flags={"task.name": task, "strategy.name": name, "workers": workers,
                                        "servers": servers}, overrides=list(overrides))
         if compute is None:
-            compute = measure_compute(cfg)
-        p = predict(cfg, net, compute)
+            compute, nbytes = measure_compute(cfg), model_bytes(cfg)
+        p = predict(cfg, net, compute, nbytes)
         if base_step_s and name in base_step_s:
             p = dataclasses.replace(p, compute_s=base_step_s[name], step_time_s=base_step_s[name] + p.comm_s)
         predictions.append(p)

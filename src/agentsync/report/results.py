@@ -50,7 +50,7 @@ def collect(study: Study, out: Path) -> list[Result]:
         run_dir = out / "runs" / cell.name
         if is_finished(run_dir):
             summary = read_summary(run_dir)
-            curve = [e for e in read_metrics(run_dir) if e.get("event") in ("eval", "final") and e.get("rank") == 0]
+            curve = [e for e in read_metrics(run_dir) if e.get("event") == "eval" and e.get("rank") == 0]
             results.append(Result(cell, "ok", summary=summary, curve=fill_final(curve, summary)))
         else:
             results.append(Result(cell, "failed", error=failure_reason(out, cell)))
@@ -58,11 +58,11 @@ def collect(study: Study, out: Path) -> list[Result]:
 
 
 def fill_final(curve: list[dict], summary: dict) -> list[dict]:
-    """The final point is the result's metric at the run's wall time and bytes (the final event
+    """Worker 0's evaluations, then the final point. The final point is the result's metric at the run's wall time and bytes (the final event
     logs metrics only; for a parameter-server run rank 0 is a worker and the reporter a server)."""
     final = {**summary["metrics"], "step": summary["steps"], "time_s": summary["wall_time_s"],
              "bytes_sent": next((r["bytes_sent"] for r in summary.get("comm_per_rank", []) if r["rank"] == 0), None)}
-    return [e for e in curve if e.get("event") == "eval"] + [final]
+    return curve + [final]
 
 
 def write_csv(results: list[Result], path: Path) -> None:

@@ -72,8 +72,7 @@ class AllReduce(Strategy):
 
     @classmethod
     def step_cost(cls, config, net, model_bytes, workers, servers) -> StepCost:
-        return StepCost(net.all_reduce(model_bytes, workers), 2 * (workers - 1) / workers * model_bytes,
-                        f"ring all-reduce every step: {2 * (workers - 1)} latencies")
+        return StepCost.all_reduce(net, model_bytes, workers, f"ring all-reduce every step: {2 * (workers - 1)} latencies")
 
     def _setup(self) -> None:
         super()._setup()

@@ -24,6 +24,15 @@ class StepCost:
     note: str = ""
     """Why, in a few words; and what the steps themselves cost in convergence, where known."""
 
+    @classmethod
+    def all_reduce(cls, net: NetSim, model_bytes: float, workers: int, note: str) -> "StepCost":
+        """A ring all-reduce of the model: 2(W−1) rounds, each sending a 1/W chunk."""
+        return cls(net.all_reduce(model_bytes, workers), 2 * (workers - 1) / workers * model_bytes, note)
+
+    def every(self, period: int, note: str) -> "StepCost":
+        """This cost paid once every ``period`` steps, spread over them."""
+        return StepCost(self.seconds / period, self.bytes_sent / period, note)
+
 
 @dataclasses.dataclass(kw_only=True)
 class StrategyConfig(Options):

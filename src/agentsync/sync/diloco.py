@@ -42,9 +42,8 @@ class DiLoCo(Decentralized):
 
     @classmethod
     def step_cost(cls, config, net, model_bytes, workers, servers) -> StepCost:
-        h = config.inner_steps
-        return StepCost(net.all_reduce(model_bytes, workers) / h, 2 * (workers - 1) / workers * model_bytes / h,
-                        f"one all-reduce every {h} inner steps")
+        return StepCost.all_reduce(net, model_bytes, workers, "").every(
+            config.inner_steps, f"one all-reduce every {config.inner_steps} inner steps")
 
     def _setup(self) -> None:
         super()._setup()

@@ -37,9 +37,8 @@ class EASGD(ParameterServer):
 
     @classmethod
     def step_cost(cls, config, net, model_bytes, workers, servers) -> StepCost:
-        full = ParameterServer.step_cost(config, net, model_bytes, workers, servers)
-        return StepCost(full.seconds / config.tau, full.bytes_sent / config.tau,
-                        f"elastic exchange with the center every {config.tau} steps")
+        return ParameterServer.step_cost(config, net, model_bytes, workers, servers).every(
+            config.tau, f"elastic exchange with the center every {config.tau} steps")
 
     def _step(self) -> None:
         self.optimizer.step()

@@ -44,8 +44,7 @@ class Gossip(Decentralized):
 
     @classmethod
     def step_cost(cls, config, net, model_bytes, workers, servers) -> StepCost:
-        return StepCost(net.message(model_bytes) / config.period, model_bytes / config.period,
-                        "one model swap with one partner per round")
+        return StepCost(net.message(model_bytes), model_bytes).every(config.period, "one model swap with one partner per round")
 
     def _setup(self) -> None:
         super()._setup()

@@ -34,10 +34,8 @@ class LocalSGD(Decentralized):
 
     @classmethod
     def step_cost(cls, config, net, model_bytes, workers, servers) -> StepCost:
-        period = config.period
-        return StepCost(net.all_reduce(model_bytes, workers) / period,
-                        2 * (workers - 1) / workers * model_bytes / period,
-                        f"one parameter all-reduce every {period} steps")
+        return StepCost.all_reduce(net, model_bytes, workers, "").every(
+            config.period, f"one parameter all-reduce every {config.period} steps")
 
     def _step(self) -> None:
         self.optimizer.step()

@@ -22,9 +22,6 @@ class FrozenLakeConfig(EpsilonGreedyConfig):
     eval_episodes: int = 500
     """Greedy episodes per evaluation (500 keeps success_rate's standard error near 0.02)."""
 
-    def validate(self, section: str) -> None:
-        super().validate(section)
-
 
 class FrozenLakeQ(RLTask):
     """Q(s,a) ← Q(s,a) + α[r + γ max_a' Q(s',a') − Q(s,a)] with α = the SGD learning rate."""
