@@ -168,6 +168,11 @@ class CommStats:
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def load(self, saved: dict) -> None:
+        """Continue from a checkpoint's counters, so cumulative figures stay cumulative on resume."""
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, type(getattr(self, f.name))(saved[f.name]))
+
 
 class Work:
     """An in-flight operation; :meth:`wait` adds the time blocked to the owner's comm time and,
@@ -374,25 +379,25 @@ class Comm:
         """Every rank's ``payload`` at ``dst`` (others get None), carried as uint8 tensors."""
         if self.world_size == 1:
             return [payload]
-        length = torch.tensor([len(payload)], dtype=torch.int64)
+        length = torch.tensor([len(payload)], dtype=torch.int64, device=self.device)
         lengths = [int(x) for x in self.all_gather(length)]
         data = torch.zeros(max(lengths), dtype=torch.uint8)
         data[: len(payload)] = torch.frombuffer(bytearray(payload), dtype=torch.uint8) if payload else data[:0]
-        gathered = self.all_gather(data)
+        gathered = self.all_gather(data.to(self.device))
         if self.rank != dst:
             return None
-        return [bytes(t[:n].numpy().tobytes()) for t, n in zip(gathered, lengths)]
+        return [bytes(t[:n].cpu().numpy().tobytes()) for t, n in zip(gathered, lengths)]
 
     def broadcast_bytes(self, payload: bytes | None, src: int = 0) -> bytes:
         if self.world_size == 1:
             return payload or b""
-        length = torch.tensor([len(payload) if self.rank == src else 0], dtype=torch.int64)
+        length = torch.tensor([len(payload) if self.rank == src else 0], dtype=torch.int64, device=self.device)
         self.broadcast_(length, src)
         data = torch.zeros(int(length), dtype=torch.uint8)
         if self.rank == src and payload:
             data[:] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
-        self.broadcast_(data, src)
-        return bytes(data.numpy().tobytes())
+        data = self.broadcast_(data.to(self.device), src)
+        return bytes(data.cpu().numpy().tobytes())
 
     # -- experiments ------------------------------------------------------------------------
     def straggle(self) -> None:
@@ -401,18 +406,17 @@ class Comm:
         if delay:
             time.sleep(delay)
 
-    def inject_fault(self, step: int, grads: list[torch.Tensor]) -> None:
-        """Carry out this rank's configured fault when ``step`` is reached (test hook)."""
+    def inject_fault(self, step: int, loss: torch.Tensor) -> torch.Tensor:
+        """Carry out this rank's configured fault when ``step`` is reached, before its backward (test
+        hook): kill, hang, or a NaN loss, whose gradient is NaN before any strategy transports it."""
         kind, at = self._faults.get(self.rank_in_world, ("", -1))
         if step != at:
-            return
+            return loss
         if kind == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         elif kind == "hang":
             time.sleep(10 ** 6)
-        elif kind == "nan":
-            for g in grads:
-                g.fill_(float("nan"))
+        return loss * float("nan") if kind == "nan" else loss
 
     @property
     def rank_in_world(self) -> int:

@@ -7,6 +7,7 @@ from typing import Iterable
 import torch
 
 from agentsync.options import Options, check, choice
+from agentsync.update import LR_SCHEDULES, UpdateRule
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
@@ -23,10 +24,15 @@ class OptimizerConfig(Options):
     """Weight decay (default: the task's, else 0)."""
     nesterov: bool | None = None
     """Nesterov momentum, SGD only (default: off)."""
+    max_grad_norm: float | None = None
+    """Clip the global norm of the gradient the optimizer uses to this (default: the task's, else 0: off)."""
+    lr_schedule: str | None = None
+    """constant, or linear: decay the learning rate to 0 over the run (default: the task's, else constant)."""
 
     def merged(self, defaults: "OptimizerConfig") -> "OptimizerConfig":
         """Unset fields taken from ``defaults``, then from plain zeros."""
-        out = OptimizerConfig(momentum=0.0, weight_decay=0.0, nesterov=False)
+        out = OptimizerConfig(momentum=0.0, weight_decay=0.0, nesterov=False, max_grad_norm=0.0,
+                              lr_schedule="constant")
         for source in (defaults, self):
             for f in dataclasses.fields(self):
                 if getattr(source, f.name) is not None:
@@ -40,6 +46,12 @@ class OptimizerConfig(Options):
         check(self.weight_decay >= 0, f"{section}.weight_decay", ">= 0", self.weight_decay)
         check(not self.nesterov or (self.name == "sgd" and self.momentum > 0), f"{section}.nesterov",
               "used only with sgd and momentum > 0", self.nesterov)
+        check(self.max_grad_norm >= 0, f"{section}.max_grad_norm", ">= 0", self.max_grad_norm)
+        choice(self.lr_schedule, f"{section}.lr_schedule", LR_SCHEDULES)
+
+    def update_rule(self) -> UpdateRule:
+        """What the strategy does between the synchronized gradient and the step (the step contract)."""
+        return UpdateRule(max_grad_norm=self.max_grad_norm, lr_schedule=self.lr_schedule)
 
     def build(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
         if self.name == "sgd":

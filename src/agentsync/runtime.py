@@ -71,7 +71,7 @@ class Worker:
 
     # -- phases -----------------------------------------------------------------------------
     def run(self) -> None:
-        self.strategy.setup(self.model, self.optimizer)  # server ranks serve here until training ends
+        self.strategy.setup(self.model, self.optimizer, self.cfg.optimizer.update_rule())  # servers serve here
         if self.strategy.is_worker:
             self._train()
         member = self.task.evaluate(self.model) if self.strategy.is_worker and self.strategy.replicas_differ else None
@@ -79,16 +79,16 @@ class Worker:
         self._finish(final, member)
 
     def _train(self) -> None:
+        """The step contract's loop: loss, backward (allreduce averages here), strategy step."""
         cfg, strategy, start = self.cfg, self.strategy, self.strategy.steps
         if start == 0:
             self._evaluate(0)
-        self.loop_start, samples_before, eval_time = time.time(), self.samples, 0.0
+        self.loop_start, samples_before, paused = time.time(), self.samples, 0.0
         for step in range(start, cfg.steps):
             loss, samples = self.task.loss(self.model, step)
+            loss = self.comm.inject_fault(step, loss)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if self.task.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.task.max_grad_norm)
             strategy.step()
             self.samples += samples
             done = step + 1
@@ -98,26 +98,35 @@ class Worker:
                 rate = self.samples * self.cfg.workers / max(time.time() - self.loop_start, 1e-9)
                 self.progress.update(done, loss=loss.item(), samples_per_s=rate)
             if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
-                began = time.time()
-                self._evaluate(done)
-                eval_time += time.time() - began
+                paused += self._evaluate(done)
             if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done != cfg.steps
                     and strategy.midrun_checkpoints):
                 self._checkpoint(done, self.model)
             if strategy.finished:
                 break
-        train_time, steps = time.time() - self.loop_start - eval_time, strategy.steps - start
+        train_time, steps = time.time() - self.loop_start - paused, strategy.steps - start
         if steps > 0 and train_time > 0:
             self.timing = {"step_time_s": train_time / steps,
                            "train_samples_per_s": (self.samples - samples_before) / train_time}
 
-    def _evaluate(self, step: int) -> None:
+    def _evaluate(self, step: int) -> float:
+        """The leader evaluates; returns the seconds this rank spent here, which its training clock leaves out.
+
+        Where every step synchronizes the workers, all of them pause together (a barrier after the
+        evaluation): otherwise the others would wait for the leader inside their next collective,
+        and count the wait as training and communication time.
+        """
+        began = time.time()
         extra = self.strategy.measure()
         if self.leader:
             metrics = self.task.evaluate(self.model)
             self.log.log("eval", step, **metrics, **extra, **self.comm.stats.as_dict())
             if self.progress:
                 self.progress.update(step, **{self.task.metric: metrics[self.task.metric]})
+        if not self.strategy.tolerates_worker_loss:
+            with self.comm.uncounted():
+                self.comm.barrier()
+        return time.time() - began
 
     def _finish(self, final: torch.nn.Module, member: dict | None) -> None:
         """Checkpoint the final state; the reporter evaluates the result and writes the summary."""
@@ -162,6 +171,7 @@ class Worker:
         self.strategy.load_state_dict(state["strategy"])
         self.task.load_state_dict(state["task"])
         torch.set_rng_state(state["rng"])
+        self.comm.stats.load(mine["stats"])
         self.elapsed_before, self.samples = float(checkpoint["elapsed_s"]), int(mine["samples"])
 
     def _elapsed(self) -> float:
@@ -185,6 +195,10 @@ class Worker:
         if timed:  # the training loops only: no start-up, evaluation or final gathering
             summary["throughput"]["train_samples_per_s"] = sum(p["train_samples_per_s"] for p in timed)
             summary["step_time_s"] = sum(p["step_time_s"] for p in timed) / len(timed)
+            summary["step_time_by_rank"] = {str(p["rank"]): p["step_time_s"] for p in timed}
+        skipped = [p["stats"]["nonfinite_skipped"] for p in payloads if p["is_worker"]]
+        # identical replicas skip the same steps together: count steps, not ranks
+        summary["nonfinite_skipped"] = sum(skipped) if self.strategy.replicas_differ else max(skipped, default=0)
         members = [p["member"] for p in payloads if p["member"] is not None]
         if members and len(members) > 1:
             values = [m[self.task.metric] for m in members]

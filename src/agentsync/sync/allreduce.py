@@ -1,11 +1,16 @@
 """``allreduce``: bucketed gradient averaging overlapped with backward, as DDP's reducer does it.
 
 DDP needs the forward pass to go through its wrapper; agentsync's API keeps the user's module,
-so the same algorithm is driven from per-parameter post-accumulate-grad hooks: gradients are
-copied into fixed buckets (reverse registration order, roughly the order backward produces
-them), and a bucket's all-reduce starts as soon as its last gradient lands, in bucket order on
-every rank. ``step`` waits for the buckets, writes the averaged gradients back and runs the
-optimizer, so all replicas stay identical.
+so the same algorithm is driven from per-parameter post-accumulate-grad hooks. Each parameter's
+``.grad`` is a view into a flat bucket (DDP's ``gradient_as_bucket_view``): backward accumulates
+into the bucket itself, and a gradient that arrives as a fresh tensor (after
+``zero_grad(set_to_none=True)``) is copied in once and the view put back. A bucket's all-reduce
+starts as soon as its last gradient lands, in bucket order on every rank; a callback queued on
+the autograd engine waits for every bucket before ``backward()`` returns, as DDP's does. So
+``p.grad`` holds the average when backward returns, and what a loop does between ``backward()``
+and :meth:`step` — clipping, logging, scaling — acts on the averaged gradient exactly as under DDP.
+:meth:`step` then runs the update (non-finite skip, clipping, step) and, for models with
+buffers, broadcasts worker 0's buffers, as DDP's ``broadcast_buffers`` keeps them equal.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from torch import nn
 
 from agentsync.comm import Work
 from agentsync.options import check
-from agentsync.sync.base import StepCost, Strategy, StrategyConfig
+from agentsync.sync.base import StepCost, Strategy, StrategyConfig, broadcast_buffers_
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -43,11 +48,28 @@ class Bucket:
         for p in params:
             offsets.append(offsets[-1] + p.numel())
         self.views = [self.buffer[a:b].view_as(p) for a, b, p in zip(offsets, offsets[1:], params)]
+        self.ready = [False] * len(params)
         self.pending = len(params)
         self.work: Work | None = None
 
+    def mark_ready(self, i: int) -> None:
+        """Parameter ``i``'s gradient is complete: make sure it lives in the bucket."""
+        param, view = self.params[i], self.views[i]
+        if param.grad.data_ptr() != view.data_ptr():
+            view.copy_(param.grad)
+            param.grad = view
+        self.ready[i] = True
+        self.pending -= 1
+
+    def fill_unready_(self) -> None:
+        """Parameters that got no gradient this backward contribute zeros (and then hold the average)."""
+        for i, (param, view) in enumerate(zip(self.params, self.views)):
+            if not self.ready[i]:
+                view.zero_()
+                param.grad = view
+
     def reset(self) -> None:
-        self.pending, self.work = len(self.params), None
+        self.ready, self.pending, self.work = [False] * len(self.params), len(self.params), None
 
 
 def make_buckets(params: list[nn.Parameter], first_bytes: int, bytes_cap: int) -> list[Bucket]:
@@ -80,13 +102,23 @@ class AllReduce(Strategy):
         self.buckets = make_buckets(self.params, int(self.config.first_bucket_mb * mib),
                                     int(self.config.bucket_mb * mib))
         self._bucket_of = {id(p): (b, i) for b in self.buckets for i, p in enumerate(b.params)}
+        for bucket in self.buckets:
+            for p, view in zip(bucket.params, bucket.views):
+                if p.grad is not None:
+                    view.copy_(p.grad)
+                p.grad = view
         self._next = 0
+        self._in_backward = False  # a callback is queued for the end of the running backward
+        self._reduced = False      # gradients averaged since the last step
+        self._has_buffers = any(True for _ in self.model.buffers())
         self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad_ready) for p in self.params]
 
     def _on_grad_ready(self, param: nn.Parameter) -> None:
+        if not self._in_backward:
+            self._in_backward = True
+            torch.autograd.Variable._execution_engine.queue_callback(self._reduce_all)
         bucket, i = self._bucket_of[id(param)]
-        bucket.views[i].copy_(param.grad)
-        bucket.pending -= 1
+        bucket.mark_ready(i)
         self._launch_ready()
 
     def _launch_ready(self, force: bool = False) -> None:
@@ -95,26 +127,27 @@ class AllReduce(Strategy):
             bucket = self.buckets[self._next]
             if bucket.pending and not force:
                 return
-            if bucket.pending:  # parameters that got no gradient this step contribute zeros
-                for p, view in zip(bucket.params, bucket.views):
-                    if p.grad is None:
-                        view.zero_()
+            if bucket.pending:
+                bucket.fill_unready_()
             bucket.buffer.div_(self.num_workers)
             bucket.work = self.comm.all_reduce_async(bucket.buffer)
             self._next += 1
 
-    def _step(self) -> None:
+    def _reduce_all(self) -> None:
+        """End of backward (or a step without one): every bucket reduced, ``p.grad`` the average."""
         self._launch_ready(force=True)
         for bucket in self.buckets:
             bucket.work.wait()
-            for p, view in zip(bucket.params, bucket.views):
-                if p.grad is None:
-                    p.grad = view.clone()
-                else:
-                    p.grad.copy_(view)
             bucket.reset()
-        self._next = 0
-        self.optimizer.step()
+        self._next, self._in_backward, self._reduced = 0, False, True
+
+    def _step(self) -> None:
+        if not self._reduced:  # no backward since the last step: average the (zero) gradients all the same
+            self._reduce_all()
+        self._reduced = False
+        self.update()
+        if self._has_buffers:
+            broadcast_buffers_(self.comm, self.model)
 
     def finalize(self) -> nn.Module:
         for hook in self._hooks:

@@ -11,6 +11,7 @@ from torch import nn
 from agentsync.comm import Comm, NetSim
 from agentsync.optim import OptimizerConfig
 from agentsync.options import Options, check
+from agentsync.update import Update, UpdateRule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +48,9 @@ class Strategy(abc.ABC):
 
     A strategy replaces ``optimizer.step()``: the training loop computes gradients, then calls
     :meth:`step`, which communicates and updates the parameters. Subclasses implement
-    :meth:`_step` and, where replicas can differ, :meth:`finalize`.
+    :meth:`_step` and, where replicas can differ, :meth:`finalize`. Every update goes through
+    :attr:`update` (the step contract's stages 3 and 4: skip a non-finite gradient, clip, schedule
+    the learning rate, step); a strategy only decides *which* gradient it sees and when.
 
     Args:
         config: this strategy's options.
@@ -83,6 +86,8 @@ class Strategy(abc.ABC):
         self.steps = 0
         self.model: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
+        self.update: Update | None = None
+        self._restored: dict | None = None  # state from a checkpoint, applied by setup once the parts exist
 
     @classmethod
     def world_size(cls, workers: int, servers: int) -> int:
@@ -109,9 +114,16 @@ class Strategy(abc.ABC):
         """This worker's index among the workers: its data shard and seed offset."""
         return self.comm.rank
 
-    def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """Take charge of ``model``'s parameters; every replica starts from worker 0's values."""
+    def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer, rule: UpdateRule = UpdateRule()) -> None:
+        """Take charge of ``model``'s parameters; every replica starts from worker 0's values.
+
+        ``rule`` says how a gradient becomes an update (clipping, learning-rate schedule); a
+        bring-your-own loop may leave it out and clip between ``backward()`` and :meth:`step`.
+        """
         self.model, self.optimizer = model, optimizer
+        self.update = rule.build(optimizer, self.max_steps)
+        if self._restored is not None:
+            self.update.load_state_dict(self._restored["update"])
         self._setup()
 
     def _setup(self) -> None:
@@ -121,7 +133,6 @@ class Strategy(abc.ABC):
     def step(self) -> None:
         """Synchronise and update: call it where ``optimizer.step()`` would be."""
         self.comm.straggle()
-        self.comm.inject_fault(self.steps, [p.grad for p in self.params if p.grad is not None])
         self._step()
         self.steps += 1
 
@@ -171,14 +182,17 @@ class Strategy(abc.ABC):
     @property
     def stats(self) -> dict:
         """Bytes, messages and seconds this rank spent communicating, plus strategy extras."""
-        return {**self.comm.stats.as_dict(), "steps": self.steps}
+        skipped = self.update.skipped if self.update is not None else 0
+        return {**self.comm.stats.as_dict(), "steps": self.steps, "nonfinite_skipped": skipped}
 
     def state_dict(self) -> dict:
         """Strategy state a checkpoint must keep besides model and optimizer (e.g. an outer optimizer)."""
-        return {"steps": self.steps}
+        return {"steps": self.steps, "update": self.update.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Called before :meth:`setup` on a resumed run; state that needs the model waits for setup."""
         self.steps = int(state["steps"])
+        self._restored = state
 
 
 def check_unit_interval(value: float, field: str) -> None:
@@ -190,3 +204,11 @@ def broadcast_model_(comm: Comm, model: nn.Module, src: int = 0) -> None:
     with torch.no_grad(), comm.uncounted():
         for tensor in model.state_dict().values():
             comm.broadcast_(tensor, src=src)
+
+
+def broadcast_buffers_(comm: Comm, model: nn.Module, src: int = 0) -> None:
+    """Buffers (BatchNorm statistics, observation normalisation) equal to ``src``'s, as DDP keeps them
+    with ``broadcast_buffers=True``; counted, since it is traffic the strategy sends every step."""
+    with torch.no_grad():
+        for buffer in model.buffers():
+            comm.broadcast_(buffer, src=src)

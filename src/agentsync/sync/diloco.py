@@ -55,7 +55,7 @@ class DiLoCo(Decentralized):
             self.outer.load_state_dict(self._outer_state["outer"])
 
     def _step(self) -> None:
-        self.optimizer.step()
+        self.update()
         if (self.steps + 1) % self.config.inner_steps == 0:
             self.outer_step_()
 

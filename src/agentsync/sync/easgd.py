@@ -41,7 +41,7 @@ class EASGD(ParameterServer):
             config.tau, f"elastic exchange with the center every {config.tau} steps")
 
     def _step(self) -> None:
-        self.optimizer.step()
+        self.update()
         if (self.steps + 1) % self.config.tau == 0:
             self.exchange_(Kind.PUSH)
 

@@ -33,7 +33,7 @@ class Ensemble(Decentralized):
     description = "independent training on disjoint shards; outputs of the members averaged at the end"
 
     def _step(self) -> None:
-        self.optimizer.step()
+        self.update()
 
     @classmethod
     def step_cost(cls, config, net, model_bytes, workers, servers) -> StepCost:

@@ -51,7 +51,7 @@ class Gossip(Decentralized):
         self.topology = TOPOLOGIES[self.config.topology](self.comm.world_size, self.config.seed)
 
     def _step(self) -> None:
-        self.optimizer.step()
+        self.update()
         if (self.steps + 1) % self.config.period == 0:
             self.mix_()
 

@@ -38,6 +38,6 @@ class LocalSGD(Decentralized):
             config.period, f"one parameter all-reduce every {config.period} steps")
 
     def _step(self) -> None:
-        self.optimizer.step()
+        self.update()
         if (self.steps + 1) % self.config.period == 0:
             average_params_(self.comm, self.model)

@@ -11,4 +11,4 @@ class NoSync(Strategy):
     replicas_differ = True
 
     def _step(self) -> None:
-        self.optimizer.step()
+        self.update()

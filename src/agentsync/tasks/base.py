@@ -45,8 +45,6 @@ class Task(abc.ABC):
     metric: ClassVar[str] = "accuracy"
     """The headline metric compare and advise rank by."""
     higher_is_better: ClassVar[bool] = True
-    max_grad_norm: ClassVar[float] = 0.0
-    """Clip the global gradient norm to this before each update (0: no clipping)."""
 
     def __init__(self, config: TaskConfig, *, worker_rank: int, num_workers: int, seed: int,
                  device: torch.device | str = "cpu") -> None:

@@ -63,8 +63,7 @@ class CartPoleDQN(RLTask):
     env_id = "CartPole-v1"
     default_steps = 10_000
     default_eval_every = 1000
-    default_optimizer = OptimizerConfig(name="adam", lr=1e-3)
-    max_grad_norm = 10.0
+    default_optimizer = OptimizerConfig(name="adam", lr=1e-3, max_grad_norm=10.0)
 
     def __init__(self, config: DQNConfig, **kwargs) -> None:
         super().__init__(config, **kwargs)

@@ -47,8 +47,6 @@ class PPOConfig(RLConfig):
     """Width of the two hidden layers of the policy and value perceivers."""
     activation: str = "tanh"
     """Hidden activation: tanh or relu."""
-    max_grad_norm: float = 0.5
-    """Clip each worker's gradient norm to this before the strategy steps (0: no clipping)."""
 
     def validate(self, section: str) -> None:
         super().validate(section)
@@ -58,7 +56,6 @@ class PPOConfig(RLConfig):
               "<= n_steps * envs_per_worker", self.minibatches)
         for name in ("gae_lambda", "clip"):
             check(0 <= getattr(self, name) <= 1, f"{section}.{name}", "in [0, 1]", getattr(self, name))
-        check(self.max_grad_norm >= 0, f"{section}.max_grad_norm", ">= 0", self.max_grad_norm)
         check(self.vf_coef >= 0 and self.ent_coef >= 0, f"{section}.vf_coef/ent_coef", ">= 0",
               (self.vf_coef, self.ent_coef))
         choice(self.activation, f"{section}.activation", ACTIVATIONS)
@@ -89,11 +86,10 @@ class PPOTask(RLTask):
     env_id = "CartPole-v1"
     default_steps = 3000
     default_eval_every = 200
-    default_optimizer = OptimizerConfig(name="adam", lr=1e-3)
+    default_optimizer = OptimizerConfig(name="adam", lr=1e-3, max_grad_norm=0.5)
 
     def __init__(self, config: PPOConfig, **kwargs) -> None:
         super().__init__(config, **kwargs)
-        self.max_grad_norm = config.max_grad_norm  # the runtime reads it from the task
         self.minibatch_index: list[np.ndarray] = []
         self.rollout: dict[str, torch.Tensor] = {}
 
@@ -161,4 +157,4 @@ class AcrobotPPO(PPOTask):
     env_id = "Acrobot-v1"
     default_steps = 3000
     default_eval_every = 500
-    default_optimizer = OptimizerConfig(name="adam", lr=1e-3)
+    default_optimizer = OptimizerConfig(name="adam", lr=1e-3, max_grad_norm=0.5)
