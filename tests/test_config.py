@@ -22,6 +22,16 @@ BAD_INPUT = {
     "unknown flag": (["train", "--wrokers", "2"], "unrecognized arguments: --wrokers"),
     "bad --net": (["train", "--net", "latency=soon"], "comm.net must be latency=<n>ms,bandwidth=<n>Gbit"),
     "ps header range": (["train", "--strategy", "ps-async", "--steps", "9000000"], "steps must be below 16777216 // workers"),
+    "straggler outside the job": (["train", "--workers", "2", "--straggler", "9:0.1"],
+                                  "comm.straggler must be about worker ranks, 0..1"),
+    "fault outside the job": (["train", "--workers", "2", "--set", "comm.fault=5:kill@3"],
+                              "comm.fault must be about worker ranks, 0..1"),
+    "zero steps": (["train", "--steps", "0"], "steps must be >= 1 (got 0)"),
+    "run folder that cannot be created": (["train", "--steps", "5", "--out", "/proc/agentsync-run"],
+                                          "cannot create the run folder '/proc/agentsync-run'"),
+    "unknown lr schedule": (["train", "--set", "optimizer.lr_schedule=cosine"],
+                            "optimizer.lr_schedule must be one of constant, linear"),
+    "negative clipping norm": (["train", "--set", "optimizer.max_grad_norm=-1"], "optimizer.max_grad_norm must be >= 0"),
 }
 
 

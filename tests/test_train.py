@@ -40,7 +40,7 @@ def test_digits_allreduce_reaches_accuracy_and_writes_outputs(tmp_path, digits_r
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["accuracy"] == pytest.approx(summary["metrics"]["accuracy"], abs=1e-6)
     # the written config re-runs as is
-    assert agentsync("train", "--config", str(run / "config.toml"), "--steps", "0",
+    assert agentsync("train", "--config", str(run / "config.toml"), "--steps", "1",
                      "--out", str(tmp_path / "again")).returncode == 0
 
 

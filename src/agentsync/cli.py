@@ -162,12 +162,14 @@ def resume_config(run_dir: Path, flags: dict, overrides: list[str], config_file:
     saved_file = run_dir / "config.toml"
     if not saved_file.is_file():
         raise ConfigError(f"--resume: {str(run_dir)!r} is not a run folder (no config.toml)")
-    load_checkpoint(run_dir)  # missing or corrupt: fail now, before anything runs
+    reached = load_checkpoint(run_dir)["step"]  # missing or corrupt: fail now, before anything runs
     saved = load_config(saved_file)
     cfg = load_config(saved_file, flags={**flags, "out": str(run_dir)}, overrides=overrides)
     for field in ("task", "strategy", "workers", "servers", "seed"):
         if getattr(saved, field) != getattr(cfg, field):
             raise ConfigError(f"--resume cannot change {field}; start a new run instead")
+    if cfg.steps <= reached:
+        raise ConfigError(f"--resume: the run already reached step {reached}; pass --steps above it")
     return cfg
 
 

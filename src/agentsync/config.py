@@ -16,7 +16,7 @@ from typing import Any
 
 import tomli_w
 
-from agentsync.comm import CommConfig
+from agentsync.comm import CommConfig, parse_faults, parse_stragglers
 from agentsync.errors import ConfigError
 from agentsync.optim import OptimizerConfig
 from agentsync.options import Options, check, choice, coerce
@@ -88,7 +88,7 @@ class RunConfig(Options):
     def validate(self, section: str = "") -> None:
         check(self.workers >= 1, "workers", ">= 1", self.workers)
         check(self.servers >= 1, "servers", ">= 1", self.servers)
-        check(self.steps is None or self.steps >= 0, "steps", ">= 0", self.steps)
+        check(self.steps is None or self.steps >= 1, "steps", ">= 1", self.steps)
         for name in ("eval_every", "checkpoint_every"):
             value = getattr(self, name)
             check(value is None or value >= 0, name, ">= 0", value)
@@ -97,6 +97,16 @@ class RunConfig(Options):
             getattr(self, name).validate(name)
         if hasattr(self.strategy, "validate_run"):
             self.strategy.validate_run(self)
+        self._validate_ranks()
+
+    def _validate_ranks(self) -> None:
+        """Stragglers and faults act in the training loop: they must name worker ranks, or do nothing."""
+        last = self.workers - 1
+        for field, ranks in (("comm.straggler", parse_stragglers(self.comm.straggler)),
+                             ("comm.fault", parse_faults(self.comm.fault))):
+            outside = sorted(r for r in ranks if r > last)
+            check(not outside, field, f"about worker ranks, 0..{last}",
+                  getattr(self.comm, field.split(".")[1]))
 
     def to_toml(self) -> str:
         return tomli_w.dumps(as_dict(self))

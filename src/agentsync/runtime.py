@@ -186,7 +186,7 @@ class Worker:
             "task": cfg.task.name, "strategy": cfg.strategy.name, "workers": cfg.workers,
             "world_size": cfg.world_size, "steps": cfg.steps, "seed": cfg.seed, "wall_time_s": round(wall, 4),
             "metric": self.task.metric, "higher_is_better": self.task.higher_is_better,
-            "metrics": metrics, "comm": comm,
+            "metrics": metrics, "comm": comm, "samples": samples,
             "comm_per_rank": [{"rank": p["rank"], **{k: p["stats"][k] for k in comm}} for p in payloads],
             "throughput": {"samples_per_s": samples / wall if wall else 0.0,
                            "steps_per_s": cfg.steps / wall if wall else 0.0},

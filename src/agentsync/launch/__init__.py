@@ -22,7 +22,10 @@ def prepare_run_dir(cfg: RunConfig, *, resume: bool) -> Path:
         if run_dir.exists() and any(run_dir.iterdir()):
             raise ConfigError(f"run folder {str(run_dir)!r} already exists and is not empty; "
                               "pass --resume to continue it or another --out")
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create the run folder {str(run_dir)!r}: {e.strerror}; choose another --out") from None
     (run_dir / "config.toml").write_text(cfg.to_toml())
     return run_dir
 

@@ -1,0 +1,125 @@
+"""The step contract: backward → transport → clip / skip a non-finite step → optimizer step, the
+same in the CLI loop and in a bring-your-own loop, with buffers kept by the strategy's rule."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from agentsync.checkpoint import from_bytes
+from agentsync.tasks.digits import Digits, DigitsConfig
+from conftest import ENV, ROOT, agentsync, read_jsonl, train
+
+STEPS, LR, CLIP = 30, 0.05, 0.1
+PLAIN_SGD = ["--set", "optimizer.name=sgd", "--set", f"optimizer.lr={LR}", "--set", "optimizer.momentum=0"]
+
+
+def ddp_vs_byo(tmp_path, *args: str) -> dict:
+    out = tmp_path / "result.json"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             str(ROOT / "tests/scripts/ddp_vs_byo.py"), str(out), *args],
+                            capture_output=True, text=True, timeout=150, env=ENV, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("clip", [0.0, 0.05])
+def test_byo_loop_with_clipping_between_backward_and_step_equals_ddp(tmp_path, clip):
+    """``clip_grad_norm_`` between ``backward()`` and ``sync.step()`` acts on the averaged gradient,
+    as under DDP (SGD with momentum, W = 2, 30 steps)."""
+    result = ddp_vs_byo(tmp_path, "--clip", str(clip))
+    assert max(result["differences"].values()) < 1e-5, result["differences"]
+    assert result["moved"] > 1e-2  # the models trained: equality is not two untouched copies
+
+
+@pytest.mark.timeout(180)
+def test_batchnorm_buffers_under_allreduce_equal_ddp_and_agree_across_ranks(tmp_path):
+    """DDP broadcasts rank 0's buffers before each forward, agentsync after each step: rank 0's
+    running statistics follow the same path in both, and agentsync's replicas end equal."""
+    result = ddp_vs_byo(tmp_path, "--batchnorm")
+    assert {"1.running_mean", "1.running_var"} <= result["differences"].keys()
+    assert max(result["differences"].values()) < 1e-5, result["differences"]
+    assert result["replica_spread"] == 0.0
+
+
+def final_model(run_dir) -> dict:
+    return torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
+
+
+def rank_models(run_dir) -> list[dict]:
+    ranks = [from_bytes(bytes(t.numpy().tobytes()))
+             for t in torch.load(run_dir / "checkpoint.pt", weights_only=True)["ranks"]]
+    return [r["state"]["model"] for r in sorted(ranks, key=lambda r: r["rank"])]
+
+
+def clipped_single_process(workers: int, max_norm: float) -> dict:
+    """One process on the concatenated batch, clipping the mean gradient, plain SGD."""
+    tasks = [Digits(DigitsConfig(), worker_rank=r, num_workers=workers, seed=0) for r in range(workers)]
+    torch.manual_seed(0)
+    model = tasks[0].build_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    for step in range(STEPS):
+        batches = [t.batch(step) for t in tasks]
+        x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        optimizer.step()
+    return model.state_dict()
+
+
+def max_difference(a: dict, b: dict) -> float:
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+@pytest.mark.timeout(240)
+def test_cli_clipping_under_allreduce_clips_the_mean_gradient(tmp_path):
+    clipped = train(tmp_path / "clip", "--steps", str(STEPS), *PLAIN_SGD, "--set", f"optimizer.max_grad_norm={CLIP}")
+    train(tmp_path / "free", "--steps", str(STEPS), *PLAIN_SGD)
+    ours = final_model(tmp_path / "clip")
+    assert max_difference(ours, clipped_single_process(2, CLIP)) < 1e-5
+    assert max_difference(ours, final_model(tmp_path / "free")) > 1e-3  # the option changes the result
+    assert clipped["nonfinite_skipped"] == 0
+
+
+@pytest.mark.timeout(240)
+def test_a_nan_gradient_on_one_rank_skips_that_step_on_every_rank(tmp_path):
+    """Rank 1's loss is NaN at step 10 (0-based): the averaged gradient is NaN on both ranks, both
+    skip the update (optimizer state too), so 11 steps with the fault equal 10 without it."""
+    faulty = train(tmp_path / "nan", "--steps", "11", *PLAIN_SGD, "--set", "optimizer.momentum=0.9",
+                   "--set", "comm.fault=1:nan@10")
+    train(tmp_path / "ten", "--steps", "10", *PLAIN_SGD, "--set", "optimizer.momentum=0.9")
+    assert faulty["nonfinite_skipped"] == 1
+    models = rank_models(tmp_path / "nan")
+    assert max_difference(models[0], models[1]) == 0.0
+    assert max_difference(models[0], final_model(tmp_path / "ten")) == 0.0
+
+
+@pytest.mark.timeout(240)
+def test_ranks_step_times_agree_with_evaluations_on(tmp_path):
+    """Only rank 0 evaluates; every rank pauses with it, so no rank counts that wait as training.
+    (Before the fix rank 1's step time was 7x rank 0's on this run.) Both ranks run the same
+    synchronized loop, so their loop times differ only by the last step's tail."""
+    summary = train(tmp_path / "run", "--task", "frozenlake-q", "--steps", "200", "--set", "eval_every=50")
+    times = list(summary["step_time_by_rank"].values())
+    assert len(times) == 2 and max(times) <= 1.2 * min(times), summary["step_time_by_rank"]
+
+
+@pytest.mark.timeout(300)
+def test_resume_continues_every_cumulative_counter(tmp_path):
+    train(tmp_path / "whole", "--steps", "60", "--set", "log_every=10")
+    train(tmp_path / "split", "--steps", "30", "--set", "log_every=10")
+    result = agentsync("train", "--resume", str(tmp_path / "split"), "--steps", "60")
+    assert result.returncode == 0, result.stderr
+    resumed = json.loads((tmp_path / "split" / "summary.json").read_text())
+    whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    for key in ("bytes_sent", "bytes_received", "messages"):
+        assert resumed["comm"][key] == whole["comm"][key], key
+    assert resumed["samples"] == whole["samples"] and resumed["steps"] == 60
+    sent = [e["bytes_sent"] for e in read_jsonl(tmp_path / "split" / "metrics.jsonl")
+            if e["event"] == "train" and e["rank"] == 0]
+    assert sent == sorted(sent) and len(sent) == 6  # cumulative across the resume, never restarting
