@@ -1,10 +1,16 @@
 """The only module that calls ``torch.distributed``.
 
-Every message the strategies send goes through :class:`Comm`, which counts it: bytes sent and
-received per rank (the analytic volume of the algorithm gloo/NCCL runs, so counts do not depend on
-transport details), messages, and seconds a rank spent blocked in communication. It also owns
-the process-group setup and its timeout, straggler and fault injection for experiments, and the
-pieces later layers need: sub-groups (workers without servers) and point-to-point messages.
+Every message the strategies send goes through :class:`Comm`, a rank's view of a process group,
+which composes three small pieces besides the group itself:
+
+* :class:`ByteMeter` counts: bytes sent and received per rank (the analytic volume of the
+  algorithm gloo/NCCL runs, so counts do not depend on transport details), messages, and seconds
+  a rank spent blocked in communication;
+* :class:`~agentsync.netsim.NetSim` delays messages as a slower network would (optional);
+* :class:`~agentsync.faults.Faults` makes a rank slow, kills, hangs or poisons it (experiments).
+
+Comm also owns process-group setup and its timeout, sub-groups (workers without servers) and
+point-to-point messages.
 """
 from __future__ import annotations
 
@@ -12,10 +18,7 @@ import contextlib
 import dataclasses
 import datetime
 import gc
-import math
 import os
-import re
-import signal
 import socket
 import sys
 import threading
@@ -26,9 +29,12 @@ import torch
 import torch.distributed as dist
 
 from agentsync.errors import ConfigError
+from agentsync.faults import Faults, parse_faults, parse_stragglers
+from agentsync.netsim import NetSim
 from agentsync.options import Options, check, choice
 
-FAULT_KINDS = ("kill", "hang", "nan")
+__all__ = ["ByteMeter", "Comm", "CommConfig", "CommStats", "NetSim", "Work", "free_port", "leave_process",
+           "parse_faults", "parse_stragglers", "resolve_device"]
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -58,85 +64,6 @@ class CommConfig(Options):
         parse_stragglers(self.straggler)
         parse_faults(self.fault)
         NetSim.parse(self.net)
-
-
-def parse_stragglers(spec: str) -> dict[int, float]:
-    """``"1:0.2,3:0.5"`` -> ``{1: 0.2, 3: 0.5}``."""
-    out: dict[int, float] = {}
-    for item in filter(None, (s.strip() for s in spec.split(","))):
-        try:
-            rank, seconds = item.split(":")
-            out[int(rank)] = float(seconds)
-        except ValueError:
-            raise ConfigError(f"straggler must be RANK:SECONDS[,RANK:SECONDS] (got {spec!r})") from None
-        check(out[int(rank)] >= 0 and int(rank) >= 0, "straggler", "RANK >= 0 and SECONDS >= 0", spec)
-    return out
-
-
-def parse_faults(spec: str) -> dict[int, tuple[str, int]]:
-    """``"1:kill@20"`` -> ``{1: ("kill", 20)}``."""
-    out: dict[int, tuple[str, int]] = {}
-    for item in filter(None, (s.strip() for s in spec.split(","))):
-        try:
-            rank, rest = item.split(":")
-            kind, step = rest.split("@")
-            out[int(rank)] = (kind, int(step))
-        except ValueError:
-            raise ConfigError(f"comm.fault must be RANK:KIND@STEP with KIND in {', '.join(FAULT_KINDS)} (got {spec!r})") from None
-        choice(kind, "comm.fault kind", FAULT_KINDS)
-    return out
-
-
-UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6,
-         "bit": 1 / 8, "kbit": 1e3 / 8, "mbit": 1e6 / 8, "gbit": 1e9 / 8,
-         "b": 1.0, "kb": 1e3, "mb": 1e6, "gb": 1e9}
-
-
-@dataclasses.dataclass(frozen=True)
-class NetSim:
-    """An α–β link: a message of B bytes takes ``latency_s + B / bandwidth_Bps`` to arrive.
-
-    Collectives take the time their algorithm would on such links: a ring all-reduce 2 (W−1)
-    rounds of one 1/W-sized chunk, a ring all-gather W−1 rounds of one block, a binomial-tree
-    broadcast ⌈log2 W⌉ rounds of the whole tensor. Links are full duplex and independent (no
-    contention). The delay adds to the real (loopback) transfer, less any compute the operation
-    overlapped: an all-reduce bucket launched during backward hides part of its delay, as it
-    would on a real network.
-    """
-
-    latency_s: float = 0.0
-    bandwidth_Bps: float = float("inf")
-
-    @classmethod
-    def parse(cls, spec: str) -> "NetSim | None":
-        """``"latency=2ms,bandwidth=1Gbit"`` (per second); empty means no simulation."""
-        if not spec.strip():
-            return None
-        values = {}
-        for item in spec.split(","):
-            key, _, value = (part.strip().lower() for part in item.partition("="))
-            value = value.replace("bps", "bit")  # 100Mbps: megabits
-            match = re.fullmatch(r"([0-9.]+(?:e-?[0-9]+)?)\s*([a-z]*?)(?:ps|/s)?", value)
-            unit = match and (match.group(2) or ("s" if key == "latency" else "b"))
-            if not match or unit not in UNITS:
-                raise ConfigError(f"comm.net must be latency=<n>ms,bandwidth=<n>Gbit (got {spec!r})")
-            values[key] = float(match.group(1)) * UNITS[unit]
-        unknown = set(values) - {"latency", "bandwidth"}
-        check(not unknown and values.get("bandwidth", 1) > 0 and values.get("latency", 0) >= 0, "comm.net",
-              "latency=<n>ms,bandwidth=<n>Gbit with latency >= 0 and bandwidth > 0", spec)
-        return cls(values.get("latency", 0.0), values.get("bandwidth", float("inf")))
-
-    def message(self, nbytes: float) -> float:
-        return self.latency_s + nbytes / self.bandwidth_Bps
-
-    def all_reduce(self, nbytes: float, n: int) -> float:
-        return 2 * (n - 1) * self.message(nbytes / n)
-
-    def all_gather(self, nbytes: float, n: int) -> float:
-        return (n - 1) * self.message(nbytes)
-
-    def broadcast(self, nbytes: float, n: int) -> float:
-        return math.ceil(math.log2(n)) * self.message(nbytes) if n > 1 else 0.0
 
 
 def leave_process(code: int) -> None:
@@ -174,6 +101,36 @@ class CommStats:
             setattr(self, f.name, type(getattr(self, f.name))(saved[f.name]))
 
 
+class ByteMeter:
+    """Counts what a rank sends, receives and waits for; sub-groups of a rank share one meter."""
+
+    def __init__(self) -> None:
+        self.stats = CommStats()
+        self.counting = True
+        self._lock = threading.Lock()  # parameter servers receive on several threads
+
+    @contextlib.contextmanager
+    def uncounted(self) -> Iterator[None]:
+        """Traffic for measurement (consensus distance, final gathers) is not the strategy's cost."""
+        saved = dataclasses.replace(self.stats)
+        self.counting = False
+        try:
+            yield
+        finally:
+            self.counting = True
+            self.stats.load(saved.as_dict())
+
+    def account(self, sent: float, received: float, messages: int) -> None:
+        if self.counting:
+            with self._lock:
+                self.stats.bytes_sent += int(round(sent))
+                self.stats.bytes_received += int(round(received))
+                self.stats.messages += messages
+
+    def waited(self, seconds: float) -> None:
+        self.stats.comm_time_s += seconds
+
+
 class Work:
     """An in-flight operation; :meth:`wait` adds the time blocked to the owner's comm time and,
     under a simulated network, returns no earlier than ``delay_s`` after the operation started."""
@@ -188,7 +145,7 @@ class Work:
         hidden = start - self._started  # compute that ran while the operation was in flight
         if self._delay > hidden:
             time.sleep(self._delay - hidden)
-        self._comm.stats.comm_time_s += time.perf_counter() - start
+        self._comm.meter.waited(time.perf_counter() - start)
 
 
 class Comm:
@@ -197,9 +154,10 @@ class Comm:
     Args:
         rank: this process's rank in ``group``.
         world_size: number of ranks in ``group``.
-        config: timeouts, stragglers and faults.
+        config: timeouts, stragglers, faults and the simulated network.
         group: a ``torch.distributed`` group, or None for the default (world) group.
-        stats: shared counters (sub-groups count into their parent's).
+        meter: shared counters (sub-groups count into their parent's).
+        device: where every tensor a collective or message touches lives.
 
     Example::
 
@@ -209,15 +167,16 @@ class Comm:
     """
 
     def __init__(self, rank: int, world_size: int, config: CommConfig, *, group=None,
-                 stats: CommStats | None = None, device: torch.device | None = None) -> None:
+                 meter: ByteMeter | None = None, device: torch.device | None = None) -> None:
         self.rank, self.world_size, self.config, self.group = rank, world_size, config, group
-        self.stats = stats if stats is not None else CommStats()
+        self.meter = meter if meter is not None else ByteMeter()
         self.device = device or torch.device("cpu")
-        self._stragglers = parse_stragglers(config.straggler)
         self.net = NetSim.parse(config.net)
-        self._faults = parse_faults(config.fault)
-        self._counting = True
-        self._lock = threading.Lock()
+        self.faults = Faults(config.straggler, config.fault)
+
+    @property
+    def stats(self) -> CommStats:
+        return self.meter.stats
 
     # -- set-up -----------------------------------------------------------------------------
     @classmethod
@@ -243,7 +202,7 @@ class Comm:
         group = dist.new_group(ranks) if self.world_size > 1 else None
         if self.rank not in ranks:
             return None
-        return Comm(ranks.index(self.rank), len(ranks), self.config, group=group, stats=self.stats,
+        return Comm(ranks.index(self.rank), len(ranks), self.config, group=group, meter=self.meter,
                     device=self.device)
 
     def global_rank(self, rank: int) -> int:
@@ -259,28 +218,16 @@ class Comm:
             gc.collect()
 
     # -- accounting -------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def uncounted(self) -> Iterator[None]:
+    def uncounted(self):
         """Traffic for measurement (consensus distance, final gathers) is not the strategy's cost."""
-        saved = dataclasses.replace(self.stats)
-        self._counting = False
-        try:
-            yield
-        finally:
-            self._counting = True
-            for f in dataclasses.fields(CommStats):
-                setattr(self.stats, f.name, getattr(saved, f.name))
+        return self.meter.uncounted()
 
     def _account(self, sent: float, received: float, messages: int) -> None:
-        if self._counting:
-            with self._lock:  # parameter servers receive on several threads
-                self.stats.bytes_sent += int(round(sent))
-                self.stats.bytes_received += int(round(received))
-                self.stats.messages += messages
+        self.meter.account(sent, received, messages)
 
     def _simulated(self, kind: str, nbytes: float, n: int = 2) -> float:
         """Seconds the simulated network adds to an operation (0 when off or uncounted)."""
-        if self.net is None or not self._counting:
+        if self.net is None or not self.meter.counting:
             return 0.0
         return self.net.message(nbytes) if kind == "message" else getattr(self.net, kind)(nbytes, n)
 
@@ -289,7 +236,7 @@ class Comm:
         try:
             return fn(*args, **kwargs)
         finally:
-            self.stats.comm_time_s += time.perf_counter() - start
+            self.meter.waited(time.perf_counter() - start)
 
     def _wait(self, work) -> None:
         work.wait(datetime.timedelta(seconds=self.config.timeout_s))
@@ -401,22 +348,10 @@ class Comm:
 
     # -- experiments ------------------------------------------------------------------------
     def straggle(self) -> None:
-        """Sleep this rank's straggler delay (simulated slow compute; not communication time)."""
-        delay = self._stragglers.get(self.rank_in_world, 0.0)
-        if delay:
-            time.sleep(delay)
+        self.faults.straggle(self.rank_in_world)
 
     def inject_fault(self, step: int, loss: torch.Tensor) -> torch.Tensor:
-        """Carry out this rank's configured fault when ``step`` is reached, before its backward (test
-        hook): kill, hang, or a NaN loss, whose gradient is NaN before any strategy transports it."""
-        kind, at = self._faults.get(self.rank_in_world, ("", -1))
-        if step != at:
-            return loss
-        if kind == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
-        elif kind == "hang":
-            time.sleep(10 ** 6)
-        return loss * float("nan") if kind == "nan" else loss
+        return self.faults.inject(self.rank_in_world, step, loss)
 
     @property
     def rank_in_world(self) -> int:
