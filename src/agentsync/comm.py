@@ -77,6 +77,24 @@ def leave_process(code: int) -> None:
     os._exit(code)
 
 
+def rendezvous_store(host: str, port: int, rank: int, world_size: int,
+                     timeout: datetime.timedelta) -> dist.TCPStore:
+    """The job's key-value store, listening on ``host`` only.
+
+    torch's ``TCPStore`` binds every interface whatever host it is given (and has no
+    authentication); handed a socket already bound to ``host``, it listens there alone.
+    """
+    if rank != 0:
+        return dist.TCPStore(host, port, world_size, False, timeout=timeout)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(1024)
+    # detach: the store owns the descriptor from here on (the socket object must not close it)
+    return dist.TCPStore(host, port, world_size, True, timeout=timeout, wait_for_workers=False,
+                         master_listen_fd=listener.detach())
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -192,8 +210,11 @@ class Comm:
         if not dist.is_initialized():
             os.environ.setdefault("MASTER_ADDR", config.master_addr)
             os.environ.setdefault("MASTER_PORT", str(config.master_port or free_port()))
-            dist.init_process_group(backend, rank=rank, world_size=world_size,
-                                    timeout=datetime.timedelta(seconds=config.timeout_s),
+            timeout = datetime.timedelta(seconds=config.timeout_s)
+            # under torchrun the agent's store is the rendezvous (env://); otherwise we host our own
+            store = None if os.environ.get("TORCHELASTIC_RUN_ID") else rendezvous_store(
+                os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), rank, world_size, timeout)
+            dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout,
                                     device_id=device if device.type == "cuda" else None)
         return cls(rank, world_size, config, device=device)
 
