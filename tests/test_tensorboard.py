@@ -71,3 +71,8 @@ def test_a_run_writes_each_ranks_scalars_equal_to_metrics_jsonl(tmp_path):
         assert got[f"{event['event']}/accuracy"][event["step"]] == pytest.approx(event["accuracy"], rel=1e-6)
         if event["event"] == "eval":  # gossip replicas differ: the consensus distance is measured at each evaluation
             assert got["sync/consensus_distance"][event["step"]] == pytest.approx(event["consensus_distance"], rel=1e-6)
+
+
+def test_a_rank_that_logs_nothing_adds_no_tensorboard_run(tmp_path):
+    MetricsLog(tmp_path, 2, time.time()).close()  # a parameter server's log: opened, never written
+    assert not (tmp_path / "tb" / "rank-2").exists()

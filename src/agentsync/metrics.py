@@ -67,20 +67,26 @@ class TensorBoardLog:
     """One rank's TensorBoard run, ``RUN/tb/rank-R``, written with ``torch.utils.tensorboard``.
 
     Flushed after every event: ranks leave with ``os._exit`` (no atexit handler, no writer thread
-    finishing its queue), and events come every ``log_every`` steps, so a flush each is cheap."""
+    finishing its queue), and events come every ``log_every`` steps, so a flush each is cheap.
+    The event file is opened at the first event, so a rank that logs nothing (a parameter server)
+    adds no empty run."""
 
     def __init__(self, folder: Path) -> None:
-        from torch.utils.tensorboard import SummaryWriter  # imported here: tensorboard loads in ~0.1 s
-
-        self.writer = SummaryWriter(log_dir=str(folder))
+        self.folder = folder
+        self.writer = None
 
     def add(self, event: str, step: int, fields: dict) -> None:
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter  # imported here: only runs that log load it
+
+            self.writer = SummaryWriter(log_dir=str(self.folder))
         for name, value in numeric_fields(fields).items():
             self.writer.add_scalar(scalar_tag(event, name), value, global_step=step)
         self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 class MetricsLog:
