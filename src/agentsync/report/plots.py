@@ -25,6 +25,8 @@ class Figure:
 
     caption: str
     path: Path | None = None
+    title: str = ""
+    """A few words naming the figure (the image's alt text)."""
 
     @property
     def drawn(self) -> bool:
@@ -44,7 +46,7 @@ def save(fig, path: Path) -> Path:
     return path
 
 
-def curves(results: list[Result], metric: str, x: str, xlabel: str, path: Path) -> list[Figure]:
+def curves(results: list[Result], metric: str, x: str, xlabel: str, path: Path, *, phrase: str) -> list[Figure]:
     """The metric against ``x`` for each strategy at the largest W (every seed a line)."""
     ok = [r for r in results if r.ok]
     if not ok:
@@ -52,7 +54,7 @@ def curves(results: list[Result], metric: str, x: str, xlabel: str, path: Path) 
     workers = max(r.cell.workers for r in ok)
     lines = [(r, [(e[x], e[metric]) for e in r.curve if e.get(x) is not None and e.get(metric) is not None])
              for r in ok if r.cell.workers == workers]
-    what = f"{metric} against {xlabel}"
+    what = f"{metric} against {phrase}"
     if max((len(points) for _, points in lines), default=0) < 2:
         return [Figure(f"{what.capitalize()} is left out: each run has a single measurement of {metric} (its final "
                        "one; evaluate during training with --set eval_every=N to draw curves).")]
@@ -69,7 +71,8 @@ def curves(results: list[Result], metric: str, x: str, xlabel: str, path: Path) 
     ax.legend(fontsize=8)
     return [Figure(f"{what.capitalize()} with W = {workers} workers, one line per strategy and seed, from worker "
                    f"0's evaluations and the final result: the curve that reaches a good {metric} furthest "
-                   f"{'left' if x == 'time_s' else 'left (fewest bytes)'} is the cheapest way there.", save(fig, path))]
+                   f"{'left' if x == 'time_s' else 'left (fewest bytes)'} is the cheapest way there.", save(fig, path),
+                   what)]
 
 
 def scaling(results: list[Result], path: Path) -> list[Figure]:
@@ -100,7 +103,7 @@ def scaling(results: list[Result], path: Path) -> list[Figure]:
         ax.legend(fontsize=8)
     return [Figure("Training samples per second summed over the workers, against the number of workers (left), "
                    "and the scaling efficiency (right): 1 means W workers train W times as fast as one, below 1 "
-                   "is what communication and contention cost.", save(fig, path))]
+                   "is what communication and contention cost.", save(fig, path), "throughput and scaling efficiency")]
 
 
 def staleness_and_consensus(results: list[Result], path: Path) -> list[Figure]:
@@ -147,13 +150,15 @@ def staleness_and_consensus(results: list[Result], path: Path) -> list[Figure]:
         captions.append("how far the replicas of the strategies that let them differ were from their average "
                         "over training (mean ‖θᵢ − θ̄‖; lower means the workers agree more)")
     text = " and ".join(captions)
-    return [Figure(text[0].upper() + text[1:] + ".", save(fig, path)), *notes]
+    title = " and ".join(t for t, panel in (("staleness", stale), ("consensus distance", drift)) if panel)
+    return [Figure(text[0].upper() + text[1:] + ".", save(fig, path), title), *notes]
 
 
 def draw_all(results: list[Result], metric: str, folder: Path) -> list[Figure]:
     """Every figure of the report, in order: drawn ones with their captions, left-out ones with why."""
     folder.mkdir(parents=True, exist_ok=True)
-    return [*curves(results, metric, "time_s", "wall time (s)", folder / "metric_vs_time.png"),
-            *curves(results, metric, "bytes_sent", "bytes sent by worker 0", folder / "metric_vs_bytes.png"),
+    return [*curves(results, metric, "time_s", "wall time (s)", folder / "metric_vs_time.png", phrase="wall time"),
+            *curves(results, metric, "bytes_sent", "bytes sent by worker 0", folder / "metric_vs_bytes.png",
+                    phrase="bytes sent by worker 0"),
             *scaling(results, folder / "scaling.png"),
             *staleness_and_consensus(results, folder / "staleness_consensus.png")]

@@ -124,7 +124,7 @@ def markdown(study: Study, results: list[Result], ranks: list[Rank], target: flo
         lines += ["", "## Failed cells", ""] + [f"* `{r.cell.name}`: FAILED — {r.error}" for r in failed]
     lines += ["", "## Figures", ""]
     for f in figures:
-        lines += [f"![{f.caption}]({f.path.relative_to(out).as_posix()})", "", f"*{f.caption}*", ""] if f.drawn \
+        lines += [f"![{f.title}]({f.path.relative_to(out).as_posix()})", "", f"*{f.caption}*", ""] if f.drawn \
             else [f"*{f.caption}*", ""]
     lines += ["", "Every run's numbers are in `results.csv`; each run's folder is under `runs/`."]
     return "\n".join(lines) + "\n"
@@ -139,7 +139,7 @@ def html_page(study: Study, results: list[Result], ranks: list[Rank], target: fl
     failed = [r for r in results if not r.ok]
     failures = ("<h2>Failed cells</h2><ul>" + "".join(f"<li><code>{esc(r.cell.name)}</code>: FAILED — {esc(r.error)}</li>"
                                                        for r in failed) + "</ul>") if failed else ""
-    images = "".join(f'<figure><img alt="{esc(f.caption)}" src="data:image/png;base64,'
+    images = "".join(f'<figure><img alt="{esc(f.title)}" src="data:image/png;base64,'
                      f'{base64.b64encode(f.path.read_bytes()).decode()}"><figcaption>{esc(f.caption)}</figcaption></figure>'
                      if f.drawn else f'<p class="omitted">{esc(f.caption)}</p>' for f in figures)
     return f"""<!DOCTYPE html>
