@@ -19,6 +19,8 @@ import pytest
 from agentsync.comm import NetSim
 from agentsync.config import load_config
 from agentsync.report.advise import model_bytes, predict
+from agentsync.report.matrix import Cell, StrategySpec
+from agentsync.report.results import Result
 from conftest import agentsync
 
 LATENCY = "latency=20ms"
@@ -208,10 +210,8 @@ def test_net_spec_units_and_the_alpha_beta_formulas():
     assert net.broadcast(1e6, 4) == pytest.approx(2 * (2e-3 + 1e6 / 1.25e8))
 
 
-def fake_result(spec: str, final: float | None, *, higher: bool = True, workers: int = 2) -> "Result":
-    from agentsync.report.matrix import Cell, StrategySpec
-    from agentsync.report.results import Result
-
+def fake_result(spec: str, final: float | None, *, higher: bool = True, workers: int = 2) -> Result:
+    """A finished (or, with ``final`` None, failed) cell, as collect() would read it back."""
     cell = Cell(StrategySpec.parse(spec), workers, 0)
     if final is None:
         return Result(cell, "failed", error="agentsync: error: rank 1 was killed by SIGKILL; the job stopped")
@@ -253,7 +253,7 @@ def test_default_target_is_reached_by_the_best_run_whatever_the_sign(finals, hig
 def test_a_figure_with_too_few_points_is_left_out_with_one_line(tmp_path):
     """One evaluation per run: no curve, no consensus line; each left out with the reason, none drawn empty."""
     from agentsync.report import plots, render
-    from agentsync.report.matrix import Study, StrategySpec
+    from agentsync.report.matrix import Study
 
     results = [fake_result("gossip", 0.9), fake_result("allreduce", 0.95)]
     results[0].curve[0]["consensus_distance"] = 0.1  # measured once
