@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 
-.PHONY: run test install bench clean
+.PHONY: run test install browser bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,7 +22,24 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/agentsync train
 
-test: $(STAMP)
+# The report test opens report.html in headless Chromium. Installed from Debian when missing and
+# we are root; otherwise (or if apt fails) say why and go on: that one test then skips, saying so.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+	    || command -v google-chrome >/dev/null 2>&1; then \
+	  true; \
+	elif [ "$$(id -u)" != 0 ]; then \
+	  echo "make test: no Chromium and not root, so not installing it; the report browser test will skip" \
+	       "(install it with: sudo apt-get install chromium)"; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "make test: no Chromium and no apt-get; the report browser test will skip"; \
+	else \
+	  echo "make test: installing Debian's chromium for the report browser test"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    || echo "make test: apt-get could not install chromium; the report browser test will skip"; \
+	fi
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

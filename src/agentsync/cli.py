@@ -107,7 +107,9 @@ def add_compare_parser(commands) -> None:
     compare.add_argument("--straggler", metavar="RANK:SECONDS", help="a slow rank in every run")
     compare.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.OPTION=VALUE",
                          help="override an option in every run (repeatable)")
-    compare.add_argument("--target", type=float, help="metric value for time/bytes to target; default 95%% of the best")
+    compare.add_argument("--target", type=float,
+                         help="metric value for time/bytes to target; default: the best final metric moved 5%% of its "
+                              "magnitude toward worse (best - 0.05*|best| where higher is better, + where lower is)")
     compare.add_argument("--timeout", type=float, default=1800.0, help="seconds before a run counts as failed")
     compare.add_argument("--out", help="study folder; default runs/compare-<task>-<time>. Rerun to resume")
 

@@ -71,12 +71,15 @@ class Worker:
 
     # -- phases -----------------------------------------------------------------------------
     def run(self) -> None:
-        self.strategy.setup(self.model, self.optimizer, self.cfg.optimizer.update_rule())  # servers serve here
-        if self.strategy.is_worker:
-            self._train()
-        member = self.task.evaluate(self.model) if self.strategy.is_worker and self.strategy.replicas_differ else None
-        final = self.strategy.finalize()
-        self._finish(final, member)
+        try:
+            self.strategy.setup(self.model, self.optimizer, self.cfg.optimizer.update_rule())  # servers serve here
+            if self.strategy.is_worker:
+                self._train()
+            member = self.task.evaluate(self.model) if self.strategy.is_worker and self.strategy.replicas_differ else None
+            final = self.strategy.finalize()
+            self._finish(final, member)
+        finally:
+            self.log.close()
 
     def _train(self) -> None:
         """The step contract's loop: loss, backward (allreduce averages here), strategy step."""

@@ -1,7 +1,13 @@
-"""The Ray launcher: one actor per rank, rendezvous at the first actor's node address.
+"""The Ray launcher: one Ray task per rank, all meeting at ``comm.master_addr``.
+
+Every rank is a zero-CPU remote call of :func:`_rank_main` handed the torchrun-style environment
+(``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` = ``comm.master_addr``, ``MASTER_PORT`` = ``comm.master_port``
+or a port found free on the driver), so rank 0 listens on that address: on a cluster set it to an
+address of the node rank 0 runs on (``--set comm.master_addr=HEAD_NODE_IP``); the default 127.0.0.1
+suits a one-machine cluster. A failed rank cancels the others and the job fails naming it.
 
 Needs the ``ray`` extra (``pip install 'agentsync[ray]'``). Connects to a running cluster when
-``RAY_ADDRESS`` is set, else starts a local one bound to 127.0.0.1.
+``RAY_ADDRESS`` is set, else starts a local one bound to 127.0.0.1 (and shuts it down after).
 """
 from __future__ import annotations
 

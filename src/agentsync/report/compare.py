@@ -51,7 +51,7 @@ def write_report(study: Study, out: Path, *, target: float | None = None) -> lis
     figures = plots.draw_all(results, metric, out / "plots")
     (out / "report.md").write_text(render.markdown(study, results, ranks, target, metric, higher, figures, out))
     (out / "report.html").write_text(render.html_page(study, results, ranks, target, metric, higher, figures))
-    return [out / "results.csv", out / "report.md", out / "report.html", *figures]
+    return [out / "results.csv", out / "report.md", out / "report.html", *(f.path for f in figures if f.drawn)]
 
 
 FIELDS = ("task", "strategies", "workers", "seeds", "steps", "net", "straggler", "set", "target", "out")

@@ -9,6 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from agentsync.report.matrix import Study
+from agentsync.report.plots import Figure
 from agentsync.report.results import Result
 
 
@@ -27,8 +28,16 @@ class Rank:
     step_time_s: float | None = None
 
 
+TARGET_SLACK = 0.05
+"""The default target sits this fraction of the best final's magnitude short of the best final."""
+
+
 def default_target(results: list[Result]) -> float | None:
-    """95 % of the best final metric of the study (105 % of the lowest where lower is better)."""
+    """The best final metric of the study, moved 5 % of its magnitude in the worse direction.
+
+    ``best − 0.05·|best|`` where higher is better, ``best + 0.05·|best|`` where lower is: 0.95 × 0.96
+    for an accuracy, 1.05 × a loss, and −84 for returns of −80 and −95 (``0.95 × max`` would give −76,
+    which no run reached). At least the best run reaches it, whatever the metric's sign."""
     ok = [r for r in results if r.ok]
     if not ok:
         return None
@@ -36,7 +45,9 @@ def default_target(results: list[Result]) -> float | None:
     finals = [r.summary["metrics"][metric] for r in ok if r.summary["metrics"].get(metric) is not None]
     if not finals:
         return None
-    return 0.95 * max(finals) if higher else 1.05 * min(finals)
+    best = max(finals) if higher else min(finals)
+    slack = TARGET_SLACK * abs(best)
+    return best - slack if higher else best + slack
 
 
 def first_hit(result: Result, target: float) -> dict | None:
@@ -103,7 +114,7 @@ def describe(study: Study, target: float | None, metric: str, higher: bool) -> s
 
 
 def markdown(study: Study, results: list[Result], ranks: list[Rank], target: float | None, metric: str,
-             higher: bool, figures: list[Path], out: Path) -> str:
+             higher: bool, figures: list[Figure], out: Path) -> str:
     header = [h.format(metric=metric) for h in HEADER]
     lines = [f"# agentsync compare: {study.task}", "", describe(study, target, metric, higher), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -111,13 +122,16 @@ def markdown(study: Study, results: list[Result], ranks: list[Rank], target: flo
     failed = [r for r in results if not r.ok]
     if failed:
         lines += ["", "## Failed cells", ""] + [f"* `{r.cell.name}`: FAILED — {r.error}" for r in failed]
-    lines += ["", "## Figures", ""] + [f"![{f.stem}]({f.relative_to(out).as_posix()})" for f in figures]
+    lines += ["", "## Figures", ""]
+    for f in figures:
+        lines += [f"![{f.title}]({f.path.relative_to(out).as_posix()})", "", f"*{f.caption}*", ""] if f.drawn \
+            else [f"*{f.caption}*", ""]
     lines += ["", "Every run's numbers are in `results.csv`; each run's folder is under `runs/`."]
     return "\n".join(lines) + "\n"
 
 
 def html_page(study: Study, results: list[Result], ranks: list[Rank], target: float | None, metric: str,
-              higher: bool, figures: list[Path]) -> str:
+              higher: bool, figures: list[Figure]) -> str:
     """One file with no external resource and no script: it opens anywhere, offline."""
     esc = html.escape
     head = "".join(f"<th>{esc(h.format(metric=metric))}</th>" for h in HEADER)
@@ -125,15 +139,15 @@ def html_page(study: Study, results: list[Result], ranks: list[Rank], target: fl
     failed = [r for r in results if not r.ok]
     failures = ("<h2>Failed cells</h2><ul>" + "".join(f"<li><code>{esc(r.cell.name)}</code>: FAILED — {esc(r.error)}</li>"
                                                        for r in failed) + "</ul>") if failed else ""
-    images = "".join(f'<figure><img alt="{esc(f.stem)}" src="data:image/png;base64,'
-                     f'{base64.b64encode(f.read_bytes()).decode()}"><figcaption>{esc(f.stem)}</figcaption></figure>'
-                     for f in figures)
+    images = "".join(f'<figure><img alt="{esc(f.title)}" src="data:image/png;base64,'
+                     f'{base64.b64encode(f.path.read_bytes()).decode()}"><figcaption>{esc(f.caption)}</figcaption></figure>'
+                     if f.drawn else f'<p class="omitted">{esc(f.caption)}</p>' for f in figures)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>agentsync compare: {esc(study.task)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
 td:first-child,th:first-child{{text-align:left}}th{{background:#f3f3f3}}img{{max-width:100%}}
-figure{{margin:1.5em 0}}</style></head>
+figure{{margin:1.5em 0}}figcaption,.omitted{{color:#555;font-size:0.95em}}</style></head>
 <body><h1>agentsync compare: {esc(study.task)}</h1><p>{esc(describe(study, target, metric, higher))}</p>
 <table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{failures}
 <h2>Figures</h2>{images}</body></html>

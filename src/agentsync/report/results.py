@@ -27,9 +27,11 @@ class Result:
         return self.status == "ok"
 
     def row(self) -> dict:
-        return {"cell": self.cell.name, "strategy": self.cell.strategy.label, "strategy_name": self.cell.strategy.name,
-                "workers": self.cell.workers, "seed": self.cell.seed, "status": self.status, "error": self.error,
-                **flatten(self.summary)}
+        """The cell's own columns win over the summary's: ``strategy`` is the full label
+        (``local-sgd period=4``) on every row, ok or failed; the bare name is ``strategy_name``."""
+        return {**flatten(self.summary), "cell": self.cell.name, "strategy": self.cell.strategy.label,
+                "strategy_name": self.cell.strategy.name, "workers": self.cell.workers, "seed": self.cell.seed,
+                "status": self.status, "error": self.error}
 
 
 def flatten(value: dict, prefix: str = "") -> dict:

@@ -87,10 +87,20 @@ class CartPoleDQN(RLTask):
         for _ in range(vector_steps):
             self.buffer.add(self.n_step(self.collector.step(policy)))
 
+    def warm_up(self, model: nn.Module) -> None:
+        """Random actions until the buffer holds ``learning_starts`` transitions (at least one).
+
+        Counted in stored transitions, not vector steps: autoreset steps and the n-step transitions
+        still pending at the end give fewer transitions than env steps, so collection goes on in
+        rounds of the shortfall until the count is reached. Once it is, it stays reached (the ring
+        buffer never shrinks), so this collects only before the first update and after a resume."""
+        wanted, envs = max(self.config.learning_starts, 1), self.config.envs_per_worker
+        while self.buffer.size < wanted:
+            self.explore(model, -(-(wanted - self.buffer.size) // envs), epsilon=1.0)
+
     def loss(self, model: nn.Module, step: int) -> tuple[torch.Tensor, int]:
         c = self.config
-        if self.buffer.size < c.learning_starts:
-            self.explore(model, -(-c.learning_starts // c.envs_per_worker), epsilon=1.0)
+        self.warm_up(model)
         self.explore(model, c.train_freq, self.epsilon(self.updates))
         if self.target is None:
             self.target = copy.deepcopy(model).requires_grad_(False)
