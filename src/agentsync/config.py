@@ -120,7 +120,7 @@ class OptimizerChoice:
     """Why these settings, in a few words."""
 
     def describe(self) -> str:
-        """``adamw lr=0.001 weight_decay=0.01 (diloco's preferred inner optimizer, ...)``."""
+        """``adamw lr=0.001 weight_decay=0.01 (diloco's preferred optimizer, ...)``: what train prints."""
         c = self.config
         parts = [f"{c.name} lr={c.lr:g}"]
         if c.name == "sgd" and c.momentum:
@@ -179,7 +179,8 @@ def choose_optimizer(task: str, strategy: str, user: OptimizerConfig) -> Optimiz
                                                       f"optimizer not used, as you set {ruled_out}")
     if preferred.name is None:
         base = preferred.merged(defaults)
-        source = f"the {task} task's defaults with {strategy}'s " + ", ".join(f"{k}={v}" for k, v in set_fields(preferred).items())
+        fields = ", ".join(f"{k}={v}" for k, v in set_fields(preferred).items())
+        source = f"the {task} task's defaults with {strategy}'s {fields}"
     elif FAMILIES[preferred.name] == FAMILIES[defaults.name]:
         base = dataclasses.replace(defaults.merged(preferred), name=preferred.name)
         source = f"{strategy}'s preferred {preferred.name} with the {task} task's tuned {defaults.name} settings"
