@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from agentsync.checkpoint import load_checkpoint
-from agentsync.config import RunConfig, load_config
+from agentsync.config import OptimizerChoice, RunConfig, load_config, optimizer_choice
 from agentsync.errors import ConfigError, JobFailed
 from agentsync.metrics import SUMMARY, read_summary
 
@@ -151,6 +151,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             flags["launch.name"] = "torchrun"  # started by torchrun: be one of its ranks
         cfg = load_config(args.config, flags=flags, overrides=args.overrides)
     preflight(cfg)
+    if os.environ.get("RANK", "0") == "0":  # once per job, also under torchrun
+        choice = (OptimizerChoice(cfg.optimizer, "saved in the run's config.toml") if resume else
+                  optimizer_choice(args.config, flags=flags, overrides=args.overrides))
+        print(f"optimizer: {choice.describe()}", file=sys.stderr)
     reporter = launch(cfg, resume=resume, progress=RichProgress)
     if reporter:
         print_summary(Path(cfg.out))

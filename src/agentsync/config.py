@@ -71,11 +71,7 @@ class RunConfig(Options):
     def resolved(self) -> "RunConfig":
         """A copy with every default filled in from the task, ready to write and re-run."""
         task = task_class(self.task.name)
-        defaults = task.default_optimizer
-        preferred = strategy_class(self.strategy.name).preferred_optimizer
-        if preferred is not None:
-            defaults = preferred.merged(defaults)
-        out = dataclasses.replace(self, optimizer=self.optimizer.merged(defaults))
+        out = dataclasses.replace(self, optimizer=self.optimizer_choice().config)
         if out.steps is None:
             out.steps = task.default_steps
         if out.eval_every is None:
@@ -84,6 +80,10 @@ class RunConfig(Options):
             stamp = time.strftime("%Y%m%d-%H%M%S")
             out.out = str(Path("runs") / f"{self.task.name}-{self.strategy.name}-{stamp}")
         return out
+
+    def optimizer_choice(self) -> "OptimizerChoice":
+        """The optimizer this run's task, strategy and optimizer section resolve to, and why."""
+        return choose_optimizer(self.task.name, self.strategy.name, self.optimizer)
 
     def validate(self, section: str = "") -> None:
         check(self.workers >= 1, "workers", ">= 1", self.workers)
@@ -110,6 +110,96 @@ class RunConfig(Options):
 
     def to_toml(self) -> str:
         return tomli_w.dumps(as_dict(self))
+
+
+# -- which optimizer: the task's defaults, the strategy's preference, the user's settings ---------------
+FAMILIES = {"sgd": "sgd", "adam": "adam", "adamw": "adam"}
+"""Optimizers whose tuned hyperparameters carry over to one another (Adam's lr suits AdamW)."""
+SGD_ONLY = ("momentum", "nesterov")
+STEP_FIELDS = ("max_grad_norm", "lr_schedule")
+"""The step contract's fields: not part of an algorithm, so the task's unless the user sets them."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerChoice:
+    """A resolved optimizer section and where it came from (what ``agentsync train`` prints)."""
+
+    config: OptimizerConfig
+    """Every field set."""
+    source: str
+    """Why these settings, in a few words."""
+
+    def describe(self) -> str:
+        """``adamw lr=0.001 weight_decay=0.01 (diloco's preferred optimizer, ...)``: what train prints."""
+        c = self.config
+        parts = [f"{c.name} lr={c.lr:g}"]
+        if c.name == "sgd" and c.momentum:
+            parts.append(f"momentum={c.momentum:g}" + (" nesterov" if c.nesterov else ""))
+        parts += [f"{f}={getattr(c, f):g}" for f in ("weight_decay", "max_grad_norm") if getattr(c, f)]
+        if c.lr_schedule != "constant":
+            parts.append(f"lr_schedule={c.lr_schedule}")
+        return f"{' '.join(parts)} ({self.source})"
+
+
+def set_fields(config: OptimizerConfig) -> dict[str, Any]:
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if getattr(config, f.name) is not None}
+
+
+def contradiction(preferred: OptimizerConfig, user: OptimizerConfig) -> str:
+    """The user's setting that rules the strategy's preference out, or "" when it can be kept.
+
+    A preference that names an algorithm is contradicted by another name, or by an SGD-only field
+    (momentum, nesterov) when it is adaptive; the user's lr or weight decay only tune it. A partial
+    preference (a field or two, no name: ``ps-async``'s momentum 0) is contradicted by another
+    value of one of its fields.
+    """
+    mine = set_fields(user)
+    if preferred.name is not None:
+        if "name" in mine and mine["name"] != preferred.name:
+            return f"optimizer.name={mine['name']}"
+        sgd_only = [f for f in SGD_ONLY if mine.get(f)] if preferred.name != "sgd" else []
+        return f"optimizer.{sgd_only[0]}={mine[sgd_only[0]]}" if sgd_only else ""
+    clash = [f for f, v in set_fields(preferred).items() if f in mine and mine[f] != v]
+    return f"optimizer.{clash[0]}={mine[clash[0]]}" if clash else ""
+
+
+def choose_optimizer(task: str, strategy: str, user: OptimizerConfig) -> OptimizerChoice:
+    """The optimizer section of a run: the user's fields over one base, chosen as follows.
+
+    * no strategy preference: the task's defaults;
+    * the user contradicts the preference (:func:`contradiction`): the preference is not used at
+      all — the task's defaults;
+    * a partial preference (no name): the task's defaults with the preference's fields over them;
+    * a preference of the same family as the task's optimizer (AdamW for a task tuned with Adam or
+      AdamW): the preferred name with the task's tuned settings, the preference filling the rest —
+      a task's tuned learning rate is never replaced by a strategy's generic one;
+    * a preference of another family (AdamW for a task tuned with SGD): the preference as a whole,
+      since the task's lr and momentum are for another algorithm; the task still gives the step
+      contract's fields (``max_grad_norm``, ``lr_schedule``).
+    """
+    defaults = task_class(task).default_optimizer
+    preferred = strategy_class(strategy).preferred_optimizer
+    yours = ", ".join(f"{k}={v}" for k, v in set_fields(user).items())
+    yours = f"; yours: {yours}" if yours else ""
+    if preferred is None:
+        return OptimizerChoice(user.merged(defaults), f"the {task} task's defaults{yours}")
+    ruled_out = contradiction(preferred, user)
+    if ruled_out:
+        return OptimizerChoice(user.merged(defaults), f"the {task} task's defaults{yours}; {strategy}'s preferred "
+                                                      f"optimizer not used, as you set {ruled_out}")
+    if preferred.name is None:
+        base = preferred.merged(defaults)
+        fields = ", ".join(f"{k}={v}" for k, v in set_fields(preferred).items())
+        source = f"the {task} task's defaults with {strategy}'s {fields}"
+    elif FAMILIES[preferred.name] == FAMILIES[defaults.name]:
+        base = dataclasses.replace(defaults.merged(preferred), name=preferred.name)
+        source = f"{strategy}'s preferred {preferred.name} with the {task} task's tuned {defaults.name} settings"
+    else:
+        step = OptimizerConfig(**{f: getattr(defaults, f) for f in STEP_FIELDS})
+        base = preferred.merged(step)
+        source = (f"{strategy}'s preferred optimizer, as a whole: the {task} task's {defaults.name} settings "
+                  "are for another algorithm")
+    return OptimizerChoice(user.merged(base), f"{source}{yours}; --set optimizer.* to change")
 
 
 def as_dict(cfg: RunConfig) -> dict[str, Any]:
@@ -160,8 +250,8 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_config(raw: dict[str, Any]) -> RunConfig:
-    """A validated :class:`RunConfig` from a nested dict of TOML or string values."""
+def parse_config(raw: dict[str, Any]) -> RunConfig:
+    """A :class:`RunConfig` from a nested dict of TOML or string values, as given (unresolved)."""
     raw = dict(raw)
     sections = {s: raw.pop(s, {}) for s in SECTIONS}
     for name, value in sections.items():
@@ -177,17 +267,33 @@ def build_config(raw: dict[str, Any]) -> RunConfig:
         if key not in top_fields:
             raise ConfigError(f"unknown option {key!r}; top-level options: {', '.join(sorted(top_fields))}; "
                               f"sections: {', '.join(SECTIONS)}")
-    cfg = RunConfig(**{k: coerce(RunConfig, "", k, v) for k, v in raw.items()}, **built)
-    cfg = cfg.resolved()
+    return RunConfig(**{k: coerce(RunConfig, "", k, v) for k, v in raw.items()}, **built)
+
+
+def build_config(raw: dict[str, Any]) -> RunConfig:
+    """A validated, resolved :class:`RunConfig` from a nested dict of TOML or string values."""
+    cfg = parse_config(raw).resolved()
     cfg.validate()
     return cfg
 
 
-def load_config(path: str | Path | None = None, *, flags: dict[str, Any] | None = None,
-                overrides: list[str] = ()) -> RunConfig:
+def read_raw(path: str | Path | None = None, *, flags: dict[str, Any] | None = None,
+             overrides: list[str] = ()) -> dict[str, Any]:
     """File, then flags (dotted keys allowed: ``{"strategy.name": "gossip"}``), then ``--set``."""
     raw = read_toml(path) if path else {}
     for key, value in (flags or {}).items():
         if value is not None:
             raw = merge(raw, parse_set([f"{key}={value}"]) if not isinstance(value, dict) else value)
-    return build_config(merge(raw, parse_set(list(overrides))))
+    return merge(raw, parse_set(list(overrides)))
+
+
+def load_config(path: str | Path | None = None, *, flags: dict[str, Any] | None = None,
+                overrides: list[str] = ()) -> RunConfig:
+    """File, then flags (dotted keys allowed: ``{"strategy.name": "gossip"}``), then ``--set``."""
+    return build_config(read_raw(path, flags=flags, overrides=overrides))
+
+
+def optimizer_choice(path: str | Path | None = None, *, flags: dict[str, Any] | None = None,
+                     overrides: list[str] = ()) -> OptimizerChoice:
+    """The optimizer :func:`load_config` with the same arguments resolves to, and why."""
+    return parse_config(read_raw(path, flags=flags, overrides=overrides)).optimizer_choice()

@@ -1,7 +1,18 @@
-"""Parameter averaging and consensus distance, shared by every strategy whose replicas can differ."""
+"""Parameter (and buffer) averaging and consensus distance, shared by every strategy whose replicas can differ.
+
+Parameters are always written back by copying values into the existing tensors, never by
+re-pointing ``param.data`` at a new tensor (what ``torch.nn.utils.vector_to_parameters`` does):
+a flat vector that outlives the call — an outer optimizer's θ_start, a received message — must
+not become the model's storage, or every later step would move it too.
+
+Buffers follow the design's rule for averaging strategies: floating-point buffers (BatchNorm
+statistics, observation normalisation) are averaged, or mixed, at the same sync points as the
+parameters; integer buffers (``num_batches_tracked``) are counters, left as they are.
+"""
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -11,18 +22,51 @@ from agentsync.sync.base import Strategy
 
 
 def flat_params(model: nn.Module) -> torch.Tensor:
+    """A new vector holding every parameter (a copy: writing to it never changes the model)."""
     return torch.nn.utils.parameters_to_vector(model.parameters()).detach()
 
 
+def flatten(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+    """One new vector holding ``tensors`` (all of one dtype), in order."""
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+
 @torch.no_grad()
+def unflatten_(tensors: Iterable[torch.Tensor], flat: torch.Tensor) -> None:
+    """Copy ``flat``'s values into ``tensors`` in place (the inverse of :func:`flatten`)."""
+    offset = 0
+    for tensor in tensors:
+        n = tensor.numel()
+        tensor.copy_(flat[offset:offset + n].view_as(tensor))
+        offset += n
+
+
 def set_flat_params_(model: nn.Module, flat: torch.Tensor) -> None:
-    torch.nn.utils.vector_to_parameters(flat, model.parameters())
+    """θ ← ``flat`` by value: ``flat`` stays a separate tensor."""
+    unflatten_(model.parameters(), flat)
+
+
+def floating_buffer_groups(model: nn.Module) -> list[list[torch.Tensor]]:
+    """``model``'s floating-point buffers, grouped by dtype (one collective per group)."""
+    groups: dict[torch.dtype, list[torch.Tensor]] = {}
+    for buffer in model.buffers():
+        if buffer.is_floating_point():
+            groups.setdefault(buffer.dtype, []).append(buffer)
+    return list(groups.values())
+
+
+@torch.no_grad()
+def average_buffers_(comm: Comm, model: nn.Module) -> None:
+    """b_i ← mean_j b_j for every floating-point buffer; integer buffers are left alone."""
+    for group in floating_buffer_groups(model):
+        unflatten_(group, comm.average_(flatten(group)))
 
 
 @torch.no_grad()
 def average_params_(comm: Comm, model: nn.Module) -> None:
-    """θ_i ← mean_j θ_j, in one all-reduce of the flattened parameters."""
-    set_flat_params_(model, comm.average_(flat_params(model).clone()))
+    """θ_i ← mean_j θ_j, in one all-reduce of the flattened parameters; buffers averaged alongside."""
+    set_flat_params_(model, comm.average_(flat_params(model)))
+    average_buffers_(comm, model)
 
 
 @torch.no_grad()
@@ -31,22 +75,31 @@ def consensus_distance(comm: Comm, model: nn.Module) -> float:
     with comm.uncounted():
         theta = flat_params(model)
         mean = comm.average_(theta.clone())
-        distance = torch.tensor([torch.linalg.vector_norm(theta - mean).item()], dtype=torch.float64)
+        distance = torch.linalg.vector_norm((theta - mean).double()).reshape(1)
         return comm.average_(distance).item()
 
 
 class Decentralized(Strategy):
     """Base of the strategies without a server: replicas drift apart between synchronisations,
-    so they report consensus distance and ``finalize`` returns the average of the replicas."""
+    so they report consensus distance and ``finalize`` returns the average of the replicas.
+
+    The final aggregation is a one-off, like the initial broadcast, and is not counted as the
+    strategy's traffic: a run resumed from a finished run's checkpoint would count it twice.
+    """
 
     replicas_differ = True
+
+    def __init__(self, config, comm: Comm, *, num_workers: int | None = None) -> None:
+        super().__init__(config, comm, num_workers=num_workers)
+        self.final_distance: float | None = None  # consensus distance at finalize
 
     def measure(self) -> dict:
         return {"consensus_distance": consensus_distance(self.comm, self.model)}
 
     def finalize(self) -> nn.Module:
-        self._final_distance = consensus_distance(self.comm, self.model)
-        return self._aggregate()
+        self.final_distance = consensus_distance(self.comm, self.model)
+        with self.comm.uncounted():
+            return self._aggregate()
 
     def _aggregate(self) -> nn.Module:
         """The result of training: here a copy holding the replicas' average (the local model stays)."""
@@ -55,4 +108,4 @@ class Decentralized(Strategy):
         return consensus
 
     def summary(self) -> dict:
-        return {"consensus_distance": getattr(self, "_final_distance", None)}
+        return {"consensus_distance": self.final_distance}

@@ -1,8 +1,12 @@
-"""``diloco``: H inner steps of the run's optimizer, then an outer Nesterov-SGD step on the
-averaged pseudo-gradient Δ = θ_start − mean_i θ_i (Douillard et al., 2023).
+"""``diloco``: H inner steps of the run's optimizer, then an outer step on the averaged
+pseudo-gradient Δ = θ_start − mean_i θ_i (Douillard et al., 2023).
 
-The inner optimizer is the run's ``optimizer`` section (AdamW unless set: the strategy's
-preferred optimizer); the outer one lives here and is checkpointed with the strategy.
+The inner optimizer is the run's ``optimizer`` section (the strategy prefers AdamW; see
+:func:`agentsync.config.choose_optimizer` for how that meets the task's and the user's settings).
+Its state is kept across outer steps, as in DiLoCo. The outer optimizer — Nesterov SGD, or plain
+SGD when ``outer_momentum`` is 0 — steps θ_start, a tensor of its own that every replica copies
+after each outer step, so all replicas and all ranks' θ_start are identical at that point. θ_start
+and the outer optimizer's state are checkpointed with the strategy.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import torch
 
 from agentsync.optim import OptimizerConfig
 from agentsync.options import check
-from agentsync.sync.averaging import Decentralized, flat_params, set_flat_params_
+from agentsync.sync.averaging import Decentralized, average_buffers_, flat_params, set_flat_params_
 from agentsync.sync.base import StepCost, StrategyConfig
 
 
@@ -25,7 +29,7 @@ class DiLoCoConfig(StrategyConfig):
     outer_lr: float = 0.7
     """Outer SGD learning rate."""
     outer_momentum: float = 0.9
-    """Outer Nesterov momentum."""
+    """Outer Nesterov momentum, in [0, 1) (0: plain SGD)."""
 
     def validate(self, section: str) -> None:
         check(self.inner_steps >= 1, f"{section}.inner_steps", ">= 1", self.inner_steps)
@@ -40,6 +44,11 @@ class DiLoCo(Decentralized):
     description = "inner optimizer for H steps, outer Nesterov SGD on the averaged pseudo-gradient"
     preferred_optimizer: ClassVar[OptimizerConfig] = OptimizerConfig(name="adamw", lr=1e-3, weight_decay=0.01)
 
+    def __init__(self, config: DiLoCoConfig, comm, *, num_workers: int | None = None) -> None:
+        super().__init__(config, comm, num_workers=num_workers)
+        self.start: torch.nn.Parameter | None = None  # θ_start: the outer optimizer's parameter
+        self.outer: torch.optim.SGD | None = None
+
     @classmethod
     def step_cost(cls, config, net, model_bytes, workers, servers) -> StepCost:
         return StepCost.all_reduce(net, model_bytes, workers, "").every(
@@ -47,12 +56,14 @@ class DiLoCo(Decentralized):
 
     def _setup(self) -> None:
         super()._setup()
-        self.start = torch.nn.Parameter(flat_params(self.model).clone())
-        self.outer = torch.optim.SGD([self.start], lr=self.config.outer_lr, momentum=self.config.outer_momentum,
-                                     nesterov=True)
-        if getattr(self, "_outer_state", None):
-            self.start.data.copy_(self._outer_state["start"])
-            self.outer.load_state_dict(self._outer_state["outer"])
+        momentum = self.config.outer_momentum
+        self.start = torch.nn.Parameter(flat_params(self.model))
+        self.outer = torch.optim.SGD([self.start], lr=self.config.outer_lr, momentum=momentum,
+                                     nesterov=momentum > 0)
+        if self._restored is not None:
+            with torch.no_grad():
+                self.start.copy_(self._restored["start"])
+            self.outer.load_state_dict(self._restored["outer"])
 
     def _step(self) -> None:
         self.update()
@@ -61,14 +72,12 @@ class DiLoCo(Decentralized):
 
     @torch.no_grad()
     def outer_step_(self) -> None:
-        mean = self.comm.average_(flat_params(self.model).clone())
+        """Δ = θ_start − mean_i θ_i; θ_start ← outer step; every replica ← θ_start (by value)."""
+        mean = self.comm.average_(flat_params(self.model))
         self.start.grad = self.start.detach() - mean
         self.outer.step()
         set_flat_params_(self.model, self.start.detach())
+        average_buffers_(self.comm, self.model)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "start": self.start.detach().clone(), "outer": self.outer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self._outer_state = state  # applied in _setup, once the parameters exist

@@ -2,7 +2,8 @@
 
 Three separate pieces, as in SGP: the topology (who, :mod:`agentsync.sync.topology`), the mixing
 weight α (how much), and the exchange (a symmetric point-to-point swap of the flattened
-parameters, so both sides update and the global mean is conserved).
+parameters, so both sides update and the global mean is conserved). Floating-point buffers are
+mixed with the same weight in the same round; integer ones are left alone.
 """
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import dataclasses
 import torch
 
 from agentsync.options import check, choice
-from agentsync.sync.averaging import Decentralized, flat_params, set_flat_params_
+from agentsync.comm import Comm
+from agentsync.sync.averaging import Decentralized, flatten, floating_buffer_groups, unflatten_
 from agentsync.sync.base import StepCost, StrategyConfig, check_unit_interval
-from agentsync.sync.topology import TOPOLOGIES
+from agentsync.sync.topology import TOPOLOGIES, Topology
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -40,15 +42,15 @@ class Gossip(Decentralized):
     Config = GossipConfig
     description = "local steps, then pairwise mixing with a partner from a topology (ring, random, exponential)"
 
-    rounds = 0  # mixing rounds done; restored from a checkpoint before setup
+    def __init__(self, config: GossipConfig, comm: Comm, *, num_workers: int | None = None) -> None:
+        super().__init__(config, comm, num_workers=num_workers)
+        self.topology: Topology = TOPOLOGIES[config.topology](comm.world_size, config.seed)
+        self.rounds = 0
+        """Mixing rounds done: the topology's clock, checkpointed so a resumed run pairs as the original."""
 
     @classmethod
     def step_cost(cls, config, net, model_bytes, workers, servers) -> StepCost:
         return StepCost(net.message(model_bytes), model_bytes).every(config.period, "one model swap with one partner per round")
-
-    def _setup(self) -> None:
-        super()._setup()
-        self.topology = TOPOLOGIES[self.config.topology](self.comm.world_size, self.config.seed)
 
     def _step(self) -> None:
         self.update()
@@ -61,14 +63,20 @@ class Gossip(Decentralized):
         self.rounds += 1
         if partner is None:
             return
-        mine = flat_params(self.model)
+        self._mix_with_(partner, list(self.model.parameters()))
+        for group in floating_buffer_groups(self.model):
+            self._mix_with_(partner, group)
+
+    def _mix_with_(self, partner: int, tensors: list[torch.Tensor]) -> None:
+        """x_i ← α x_i + (1 − α) x_partner for ``tensors`` (one dtype), swapped as one flat message."""
+        mine = flatten(tensors)
         theirs = torch.empty_like(mine)
         self.comm.exchange(mine, theirs, partner)
-        set_flat_params_(self.model, mine.mul_(self.config.alpha).add_(theirs, alpha=1 - self.config.alpha))
+        unflatten_(tensors, mine.mul_(self.config.alpha).add_(theirs, alpha=1 - self.config.alpha))
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "rounds": self.rounds}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.rounds = int(state.get("rounds", 0))
+        self.rounds = int(state["rounds"])

@@ -103,7 +103,8 @@ class PPOTask(RLTask):
         return ActorCritic(make(), make(), int(self.action_space.n))
 
     def greedy(self, model: nn.Module, obs: np.ndarray) -> np.ndarray:
-        return model.act(self.obs_tensor(obs).float(), deterministic=True)[0].numpy()
+        logits, _ = model(self.obs_tensor(obs).float())  # forward only: an ensemble of actor-critics works too
+        return logits.argmax(-1).cpu().numpy()
 
     def policy(self, model: ActorCritic):
         return lambda obs: (model.act(self.obs_tensor(obs).float(), self.generator)[0].numpy(), {})

@@ -1,0 +1,80 @@
+"""Which optimizer a run gets: the task's defaults, a strategy's preferred optimizer (only as a
+whole), the user's settings — and the line ``agentsync train`` prints about it."""
+from __future__ import annotations
+
+import pytest
+
+from agentsync.config import load_config, optimizer_choice
+from agentsync.optim import OptimizerConfig
+from conftest import agentsync
+
+
+def resolved(task: str, strategy: str, *overrides: str) -> OptimizerConfig:
+    flags = {"task.name": task, "strategy.name": strategy}
+    cfg = load_config(flags=flags, overrides=list(overrides))
+    assert optimizer_choice(flags=flags, overrides=list(overrides)).config == cfg.optimizer  # what is printed
+    return cfg.optimizer
+
+
+def full(**fields) -> OptimizerConfig:
+    return OptimizerConfig(**{"momentum": 0.0, "weight_decay": 0.0, "nesterov": False, "max_grad_norm": 0.0,
+                              "lr_schedule": "constant", **fields})
+
+
+def test_no_preference_gives_the_task_defaults_under_the_user_fields():
+    assert resolved("digits", "allreduce") == full(name="sgd", lr=0.05, momentum=0.9)
+    assert resolved("digits", "allreduce", "optimizer.lr=0.1") == full(name="sgd", lr=0.1, momentum=0.9)
+
+
+def test_a_preference_of_another_family_comes_as_a_whole():
+    """digits is tuned for SGD: diloco's AdamW comes with its own lr and weight decay, not SGD's lr."""
+    assert resolved("digits", "diloco") == full(name="adamw", lr=1e-3, weight_decay=0.01)
+    assert resolved("digits", "diloco", "optimizer.lr=0.0003") == full(name="adamw", lr=3e-4, weight_decay=0.01)
+
+
+def test_another_name_rules_the_preference_out():
+    """--set optimizer.name=sgd under diloco: the task's SGD settings, none of AdamW's lr or decay."""
+    assert resolved("digits", "diloco", "optimizer.name=sgd") == full(name="sgd", lr=0.05, momentum=0.9)
+    assert resolved("digits", "diloco", "optimizer.momentum=0.5") == full(name="sgd", lr=0.05, momentum=0.5)
+
+
+def test_a_task_tuned_for_the_same_family_keeps_its_lr():
+    """charlm is tuned with AdamW lr 3e-3; diloco's generic 1e-3 does not replace it."""
+    assert resolved("charlm", "diloco") == full(name="adamw", lr=3e-3, weight_decay=0.01)
+    assert resolved("autoencoder", "diloco") == full(name="adamw", lr=3e-3, weight_decay=0.01)
+
+
+def test_step_fields_come_from_the_task_unless_the_user_sets_them():
+    assert resolved("cartpole-ppo", "diloco") == full(name="adamw", lr=1e-3, weight_decay=0.01, max_grad_norm=0.5)
+    assert resolved("cartpole-dqn", "diloco", "optimizer.name=sgd", "optimizer.lr_schedule=linear") == full(
+        name="sgd", lr=1e-3, max_grad_norm=10.0, lr_schedule="linear")
+    assert resolved("cartpole-ppo", "diloco", "optimizer.max_grad_norm=0") == full(
+        name="adamw", lr=1e-3, weight_decay=0.01)
+
+
+def test_a_partial_preference_corrects_the_task_defaults():
+    """ps-async prefers momentum 0 (asynchrony already acts as momentum), whatever the task's optimizer."""
+    assert resolved("digits", "ps-async") == full(name="sgd", lr=0.05)
+    assert resolved("digits", "ps-async", "optimizer.lr=0.01") == full(name="sgd", lr=0.01)
+    assert resolved("digits", "ps-async", "optimizer.momentum=0.5") == full(name="sgd", lr=0.05, momentum=0.5)
+    assert resolved("cartpole-dqn", "ps-async") == full(name="adam", lr=1e-3, max_grad_norm=10.0)
+
+
+@pytest.mark.parametrize("strategy, overrides, source", [
+    ("diloco", [], "diloco's preferred optimizer, as a whole"),
+    ("diloco", ["optimizer.name=sgd"], "diloco's preferred optimizer not used, as you set optimizer.name=sgd"),
+    ("allreduce", [], "the digits task's defaults"),
+])
+def test_the_choice_says_where_it_came_from(strategy, overrides, source):
+    choice = optimizer_choice(flags={"strategy.name": strategy}, overrides=overrides)
+    assert source in choice.describe()
+
+
+@pytest.mark.timeout(120)
+def test_train_prints_the_chosen_optimizer(tmp_path):
+    result = agentsync("train", "--out", str(tmp_path / "run"), "--strategy", "diloco", "--workers", "1",
+                       "--steps", "2", "--set", "optimizer.name=sgd")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("optimizer: ")]
+    assert lines == ["optimizer: sgd lr=0.05 momentum=0.9 (the digits task's defaults; yours: name=sgd; "
+                     "diloco's preferred optimizer not used, as you set optimizer.name=sgd)"]
