@@ -35,8 +35,14 @@ class WorkerRole:
         """Pushes sent."""
         self.clock_gap = 0
         """Own pushes minus the slowest live worker's, as the last answer said."""
+        self.own_buffers = [b.detach().clone() for b in buffers]
+        """This worker's buffers as its own training left them (the final model gets the workers' mean)."""
         if state:
             self.version, self.clock = int(state["version"]), int(state["clock"])
+            self.own_buffers = [b.to(comm.device) for b in state["buffers"]]
+            with torch.no_grad():  # a resumed worker goes on with its own statistics, not the mean
+                for b, own in zip(buffers, self.own_buffers):
+                    b.copy_(own)
 
     def shard(self, server: int) -> list[nn.Parameter]:
         return [self.params[i] for i in self.layout.shards[server]]
@@ -78,6 +84,7 @@ class WorkerRole:
     def pull_final_(self) -> None:
         """DONE to every server (with this worker's buffers to server 0); every answer is a final shard,
         and server 0's also carries the workers' mean buffers. Uncounted: end-of-run delivery."""
+        self.own_buffers = [b.detach().clone() for b in self.buffers]
         mine = flat(self.buffers, self.comm.device)
         empty = torch.zeros(0, device=self.comm.device)
         with self.comm.uncounted():
@@ -90,7 +97,7 @@ class WorkerRole:
                     unflat_(self.buffers, reply[self.layout.numels[s]:])
 
     def state_dict(self) -> dict:
-        return {"version": self.version, "clock": self.clock}
+        return {"version": self.version, "clock": self.clock, "buffers": [b.cpu() for b in self.own_buffers]}
 
 
 class ClippingWorker(WorkerRole):
