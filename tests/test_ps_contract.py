@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from agentsync.comm import Comm, CommConfig
+from agentsync.sync import strategy_class
 from conftest import train
 
 PLAIN_SGD = ["--set", "optimizer.name=sgd", "--set", "optimizer.lr=0.05", "--set", "optimizer.momentum=0",
@@ -39,3 +41,11 @@ def test_ps_sync_skips_a_nonfinite_average_and_counts_it(tmp_path):
                     "--set", "comm.fault=1:nan@5")
     assert summary["nonfinite_skipped"] == 1 and summary["updates"] == 20
     assert all(torch.isfinite(t).all() for t in final_model(tmp_path / "run").values())
+
+
+@pytest.mark.parametrize("name, horizon", [("ps-sync", 50), ("ps-async", 100), ("ssp", 100)])
+def test_the_servers_learning_rate_horizon_is_the_updates_they_make(name, horizon):
+    """ps-sync makes one update per step, ps-async and ssp one per push: steps × workers."""
+    strategy = strategy_class(name)(strategy_class(name).Config(name=name), Comm(2, 3, CommConfig()), num_workers=2)
+    strategy.max_steps = 50
+    assert strategy.server_updates() == horizon
