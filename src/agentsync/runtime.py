@@ -1,8 +1,7 @@
 """The one worker loop every launcher runs: build, train, evaluate, checkpoint, report.
 
 Each process of a job calls :func:`run_worker`. Workers train; server ranks of a parameter-server
-strategy serve inside ``strategy.setup``, run the end-of-run phase through ``on_served`` and
-leave the process there. The rank
+strategy serve inside ``strategy.setup`` and rejoin here for the end-of-run collection. The rank
 the strategy names reporter (worker 0 by default) writes checkpoint.pt and summary.json; every
 rank appends its own lines to metrics.jsonl.
 """
@@ -72,9 +71,9 @@ class Worker:
 
     # -- phases -----------------------------------------------------------------------------
     def run(self) -> None:
-        if not self.strategy.is_worker:  # a server serves inside setup, reports here, and leaves the process
-            self.strategy.on_served = lambda final: self._finish(final, None)
-        self.strategy.setup(self.model, self.optimizer, self.cfg.optimizer.update_rule())
+        if not self.strategy.is_worker:  # a server comes back from serving to report here (else it leaves)
+            self.strategy.leaves_after_serving = False
+        self.strategy.setup(self.model, self.optimizer, self.cfg.optimizer.update_rule())  # servers serve here
         if self.strategy.is_worker:
             self._train()
         member = self.task.evaluate(self.model) if self.strategy.is_worker and self.strategy.replicas_differ else None

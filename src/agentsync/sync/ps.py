@@ -7,13 +7,15 @@ state lives there. Two roles over one wire protocol (:mod:`~agentsync.sync.ps_pr
 :class:`~agentsync.sync.ps_server.ServerRole` on each server; a variant is a pair of small
 role subclasses named by :attr:`ParameterServer.Worker` and :attr:`ParameterServer.Server`.
 
-Server ranks never run the caller's code: ``setup()`` serves until every worker is done, gives
-the final model to :attr:`ParameterServer.on_served` if someone set it, and leaves the process
-(exit code 0, :func:`~agentsync.comm.leave_process`). A bring-your-own loop therefore runs
-unchanged under ``allreduce`` and ``ps-*``: only workers come out of ``setup()``. The CLI runtime
-sets ``on_served`` to its end-of-run phase, so server 0 — which holds the final model with the
-workers' mean buffers — collects every rank's state, writes ``checkpoint.pt`` and
-``summary.json``, and survives the loss of any worker.
+Server ranks never run the caller's code: ``setup()`` serves until every worker is done and
+the final model is delivered, then leaves the process (exit code 0, after flushing:
+:func:`~agentsync.comm.leave_process`). A bring-your-own loop therefore runs unchanged under
+``allreduce`` and ``ps-*``: only workers come out of ``setup()``. The CLI runtime is the one
+caller that owns the server process: it clears :attr:`ParameterServer.leaves_after_serving`, so
+``setup()`` returns and the runtime's end-of-run phase runs on the servers — server 0, which holds
+the final model with the workers' mean buffers, collects every rank's state, writes
+``checkpoint.pt`` and ``summary.json`` (so it survives the loss of any worker) — and the
+launcher ends the process as it ends every rank (under Ray a process must not exit mid-task).
 
 A worker that dies, or that nobody hears from for ``comm.timeout_s`` once all others are done, is
 dropped and named in the summary (``lost_ranks``).
@@ -21,7 +23,7 @@ dropped and named in the summary (``lost_ranks``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -61,8 +63,8 @@ class ParameterServer(Strategy):
         self.layout: Layout | None = None
         self.worker: WorkerRole | None = None
         self.server: ServerRole | None = None
-        self.on_served: Callable[[nn.Module], None] | None = None
-        """Run on a server once the final model is delivered, before the process leaves (the CLI reports here)."""
+        self.leaves_after_serving = True
+        """A server leaves the process at the end of ``setup()``; the CLI runtime clears it to report first."""
 
     @classmethod
     def world_size(cls, workers: int, servers: int) -> int:
@@ -106,9 +108,8 @@ class ParameterServer(Strategy):
             return
         self.server = self.build_server(servers_comm, saved)
         self.server.serve()
-        if self.on_served is not None:
-            self.on_served(self.model)
-        leave_process(0)
+        if self.leaves_after_serving:
+            leave_process(0)
 
     def build_worker(self, state: dict | None) -> WorkerRole:
         return self.Worker(self.comm, self.layout, self.params, float_buffers(self.model), state)
@@ -142,8 +143,10 @@ class ParameterServer(Strategy):
         self.worker.push_()
 
     def finalize(self) -> nn.Module:
-        """Workers pull the final model (the servers' parameters, the workers' mean buffers)."""
-        self.worker.pull_final_()
+        """Workers pull the final model (the servers' parameters, the workers' mean buffers); a server
+        (under the CLI runtime) already holds it."""
+        if self.worker is not None:
+            self.worker.pull_final_()
         return self.model
 
     def collect(self, payload: bytes) -> list[bytes] | None:
