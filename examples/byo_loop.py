@@ -2,9 +2,13 @@
 
     torchrun --standalone --nproc-per-node 2 examples/byo_loop.py
     torchrun --standalone --nproc-per-node 2 examples/byo_loop.py --strategy none --steps 300
+    torchrun --standalone --nproc-per-node 3 examples/byo_loop.py --strategy ps-sync   # 2 workers, 1 server
 
-Each rank trains an MLP on its own half of scikit-learn's digits; ``sync.step()`` replaces
-``optimizer.step()``. Rank 0 prints the accuracy of the model ``finalize()`` returns.
+Each worker trains an MLP on its own share of scikit-learn's digits; ``sync.step()`` replaces
+``optimizer.step()``. The same script runs under every strategy: a parameter server's ranks
+serve inside ``sync.setup()`` and exit there once the final model is delivered, so only
+workers run the loop (each says so on one line). Worker 0 prints the accuracy of the model
+``finalize()`` returns.
 """
 import argparse
 
@@ -26,15 +30,17 @@ def main() -> None:
     x = torch.tensor(digits.data / 16.0, dtype=torch.float32)
     y = torch.tensor(digits.target)
     train_x, train_y, test_x, test_y = x[:1500], y[:1500], x[1500:], y[1500:]
-    mine = torch.arange(comm.rank, 1500, comm.world_size)   # this rank's shard
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sync = agentsync.make_strategy(args.strategy)
-    sync.setup(model, optimizer)
+    sync.setup(model, optimizer)                              # a server rank serves here and exits
 
-    generator = torch.Generator().manual_seed(comm.rank)
+    worker = sync.worker_rank
+    print(f"rank {comm.rank} runs the training loop as worker {worker}", flush=True)
+    mine = torch.arange(worker, 1500, sync.num_workers)      # this worker's shard
+    generator = torch.Generator().manual_seed(worker)
     for _ in range(args.steps):
         batch = mine[torch.randint(len(mine), (32,), generator=generator)]
         loss = torch.nn.functional.cross_entropy(model(train_x[batch]), train_y[batch])
@@ -44,7 +50,7 @@ def main() -> None:
 
     model = sync.finalize()
     accuracy = (model(test_x).argmax(1) == test_y).float().mean().item()
-    if comm.rank == 0:
+    if worker == 0:
         print(f"accuracy {accuracy:.4f} bytes_sent {sync.stats['bytes_sent']}")
 
 

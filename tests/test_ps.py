@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from agentsync.comm import Comm, CommConfig
-from agentsync.sync.ps_async import PSAsync
-from agentsync.sync.base import StrategyConfig
+from agentsync.sync.ps_async import AsyncServer
+from agentsync.sync.ps_protocol import HEADER_BYTES, Kind, Layout, Message
+from agentsync.update import UpdateRule
 from conftest import read_jsonl, train
 
 MODEL_BYTES = (64 * 128 + 128 + 128 * 128 + 128 + 128 * 10 + 10) * 4  # the digits MLP, float32
@@ -34,28 +35,29 @@ def test_ps_sync_with_all_replicas_equals_allreduce(tmp_path, allreduce_referenc
     for key, value in allreduce_reference.items():
         assert torch.allclose(ours[key], value, atol=1e-5, rtol=0), key
     assert summary["updates"] == 50 and summary["servers"] == servers
-    # push the gradient, pull the parameters: 2 x model bytes per worker per step (+ 32-byte headers)
+    # push the gradient, pull the parameters: model bytes each way per worker per step, plus a
+    # 20-byte header (5 float32) per server each way; the end-of-run exchange is not counted
+    per_step = 2 * (MODEL_BYTES + servers * HEADER_BYTES)
     for rank in range(2):
         events = [e for e in read_jsonl(tmp_path / "run" / "metrics.jsonl") if e["event"] == "train" and e["rank"] == rank]
         for before, after in zip(events, events[1:]):
             moved = (after["bytes_sent"] - before["bytes_sent"]) + (after["bytes_received"] - before["bytes_received"])
-            assert moved == pytest.approx(2 * MODEL_BYTES, rel=0.05)
+            assert moved == per_step
+        final = next(r for r in summary["comm_per_rank"] if r["rank"] == rank)
+        assert final["bytes_sent"] + final["bytes_received"] == 50 * per_step
+        assert final["messages"] == 50 * servers
 
 
 @pytest.mark.timeout(240)
-def test_backup_workers_take_the_straggler_off_the_critical_path(tmp_path):
-    """Rank 1 sleeps 0.2 s per step. Aggregating all 3 replicas waits for it every step
-    (20 steps >= 4 s); aggregating 2 lets the others go on and drops its late gradients."""
+def test_backup_workers_drop_the_stragglers_late_gradients(tmp_path):
+    """Rank 1 sleeps 0.2 s per step. Aggregating all 3 replicas takes every gradient; aggregating
+    2 makes the straggler a backup whose late gradients are dropped, while the servers still make
+    one update per step. (What that buys in step time is measured by bench/ps_throughput.py.)"""
     args = ["--strategy", "ps-sync", "--workers", "3", "--steps", "20", "--straggler", "1:0.2"]
     waiting = train(tmp_path / "r3", *args, "--set", "strategy.replicas_to_aggregate=3")
     backup = train(tmp_path / "r2", *args, "--set", "strategy.replicas_to_aggregate=2")
     assert waiting["updates"] == backup["updates"] == 20
     assert waiting["dropped_gradients"] == 0 and backup["dropped_gradients"] >= 1
-    # Training-loop time per step, averaged over the 3 workers (start-up excluded: it varies by
-    # seconds on a loaded machine). Waiting for all 3, every worker's step lasts >= 0.2 s; with 2,
-    # workers 0 and 2 stop waiting, so the mean is about (0.2 + 2 ε) / 3: less than half.
-    assert waiting["step_time_s"] >= 0.2
-    assert backup["step_time_s"] < 0.5 * waiting["step_time_s"]
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +84,8 @@ def test_ssp_never_exceeds_its_staleness_bound(async_runs):
     gaps = [e["clock_gap"] for e in read_jsonl(run_dir / "metrics.jsonl") if e["event"] == "train"]
     assert len(gaps) == 3 * 200 and max(gaps) <= summary["staleness_bound"] == 2
     assert max(gaps) == 2  # with a straggler the fast workers do run up to the bound
+    # the summary's figure is the largest gap any answer reported: at least every logged one
+    assert max(gaps) <= summary["clock_gap_max"] <= summary["staleness_bound"]
 
 
 @pytest.mark.timeout(300)
@@ -115,12 +119,16 @@ def test_a_nan_gradient_is_counted_and_never_applied(tmp_path):
 
 
 def test_server_update_skips_a_nonfinite_gradient_and_applies_a_finite_one():
-    """The server's own update function, on a one-tensor shard (no process group needed)."""
-    server = PSAsync(StrategyConfig(name="ps-async"), Comm(0, 1, CommConfig()), num_workers=1)
+    """The server role's own update, on a one-tensor shard (no process group, no listener started)."""
     param = torch.nn.Parameter(torch.ones(3))
-    server.shard, server.server_optimizer, server.nonfinite = [param], torch.optim.SGD([param], lr=0.5), 0
-    assert not server.apply_gradient_(torch.tensor([1.0, float("nan"), 1.0]))
-    assert torch.equal(param.detach(), torch.ones(3)) and server.nonfinite == 1 and server.version == 0
-    assert server.apply_gradient_(torch.zeros(3)) is True
-    assert server.apply_gradient_(torch.tensor([2.0, 2.0, 2.0]))
+    optimizer = torch.optim.SGD([param], lr=0.5)
+    layout = Layout(workers=1, servers=1, shards=[[0]], numels=[3])
+    server = AsyncServer(Comm(0, 2, CommConfig()), None, layout, 0, [param], [], optimizer,
+                         UpdateRule().build(optimizer), timeout_s=1.0)
+    push = lambda values: server.on_push(Message(0, Kind.PUSH, server.version, torch.tensor(values)))
+    push([1.0, float("nan"), 1.0])
+    assert torch.equal(param.detach(), torch.ones(3)) and server.skipped == 1 and server.version == 0
+    push([0.0, 0.0, 0.0])
+    push([2.0, 2.0, 2.0])
     assert torch.equal(param.detach(), torch.zeros(3)) and server.version == 2
+    assert server.staleness == {0: 2}

@@ -71,7 +71,10 @@ class Worker:
 
     # -- phases -----------------------------------------------------------------------------
     def run(self) -> None:
+    def run(self) -> None:
         try:
+            if not self.strategy.is_worker:  # a server comes back from serving to report here (else it leaves)
+                self.strategy.leaves_after_serving = False
             self.strategy.setup(self.model, self.optimizer, self.cfg.optimizer.update_rule())  # servers serve here
             if self.strategy.is_worker:
                 self._train()

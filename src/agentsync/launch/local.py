@@ -4,7 +4,8 @@ The parent watches its children. When a rank dies under a strategy that cannot l
 the others get ``comm.timeout_s`` plus a grace period to stop on their own (they normally fail
 at once, their peer's socket closed); any still running then are killed, and the job fails with
 a message naming the rank that died first. Under strategies that tolerate losses, survivors
-finish and report the loss themselves.
+finish and report the loss themselves. A job succeeds only if this run wrote summary.json and
+every failure was a tolerated worker loss — never because a file from an earlier run exists.
 """
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ def describe_exit(code: int) -> str:
 
 def launch_local(cfg: RunConfig, *, resume: bool, progress: ProgressFactory | None) -> bool:
     run_dir = prepare_run_dir(cfg, resume=resume)
+    before = summary_signature(run_dir)
     world = cfg.world_size
     base_env = {"WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": cfg.comm.master_addr,
                 "MASTER_PORT": str(cfg.comm.master_port or free_port(cfg.comm.master_addr))}
@@ -80,10 +82,23 @@ def launch_local(cfg: RunConfig, *, resume: bool, progress: ProgressFactory | No
             if proc.is_alive():
                 proc.kill()
             proc.join()
-    tolerated = strategy_class(cfg.strategy.name).tolerates_worker_loss and (run_dir / SUMMARY).exists()
+    written = summary_signature(run_dir) not in (None, before)  # by this run: a resumed folder has an old one
+    tolerated = (strategy_class(cfg.strategy.name).tolerates_worker_loss and written and not hung
+                 and all(rank < cfg.workers for rank, _ in failures))  # worker losses only, never a server's
     if (failures or hung) and not tolerated:
         raise JobFailed(failure_message(failures, hung))
+    if not written:
+        raise JobFailed("every rank exited, but none wrote summary.json; the job did not finish")
     return True
+
+
+def summary_signature(run_dir: Path) -> tuple[int, int] | None:
+    """Identifies the summary file now in ``run_dir`` (written atomically: a new one is a new inode)."""
+    try:
+        stat = (run_dir / SUMMARY).stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
 
 
 def watch(procs: list, *, tolerant: bool, grace_s: float) -> tuple[list[tuple[int, str]], list[int]]:

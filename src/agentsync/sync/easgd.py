@@ -1,9 +1,10 @@
 """``easgd``: elastic averaging SGD, asynchronous form (Zhang, Choromanska & LeCun, 2015).
 
-Workers take local optimizer steps; every ``tau`` steps a worker sends θ_i and the server, which
-holds the center θ̃, computes d = α (θ_i − θ̃), moves the center θ̃ ← θ̃ + d and answers d, which the
-worker subtracts: θ_i ← θ_i − d. The elastic force pulls workers toward the center and the
-center toward the workers; the final model is the center.
+Workers take local optimizer steps (the step contract's update, on each worker); every ``tau``
+steps a worker sends θ_i and the server, which holds the center θ̃, computes d = α (θ_i − θ̃),
+moves the center θ̃ ← θ̃ + d and answers d, which the worker subtracts: θ_i ← θ_i − d. The
+elastic force pulls workers toward the center and the center toward the workers; the final
+model is the center (with the workers' mean buffers).
 """
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ import torch
 
 from agentsync.options import check
 from agentsync.sync.base import StepCost, check_unit_interval
-from agentsync.sync.ps import Kind, Message, ParameterServer, ServerConfig, flat, unflat_
+from agentsync.sync.ps import ParameterServer, ServerConfig
+from agentsync.sync.ps_protocol import Message, flat, unflat_
+from agentsync.sync.ps_server import ServerRole
+from agentsync.sync.ps_worker import WorkerRole
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -29,10 +33,48 @@ class EASGDConfig(ServerConfig):
         check(self.tau >= 1, f"{section}.tau", ">= 1", self.tau)
 
 
+class ElasticWorker(WorkerRole):
+    """Pushes θ_i, subtracts the elastic difference it gets back."""
+
+    def payload(self, server: int) -> torch.Tensor:
+        return flat(self.shard(server), self.comm.device)
+
+    @torch.no_grad()
+    def take_(self, server: int, reply: torch.Tensor) -> None:
+        unflat_(self.shard(server), flat(self.shard(server), self.comm.device) - reply)
+
+
+class CenterServer(ServerRole):
+    """Holds the center θ̃; a push moves it toward θ_i and answers the same move."""
+
+    def __init__(self, *args, alpha: float, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.alpha = alpha
+
+    @torch.no_grad()
+    def on_push(self, msg: Message) -> None:
+        center = self.shard_vector()
+        if not torch.isfinite(msg.payload).all():
+            self.rejected += 1
+            self.answer(msg.worker, torch.zeros_like(center))
+            return
+        move = self.alpha * (msg.payload - center)
+        unflat_(self.shard, center + move)
+        self.version += 1
+        self.answer(msg.worker, move)
+
+    def summary(self) -> dict:
+        out = super().summary()
+        del out["nonfinite_skipped"]  # the workers skip their own steps; the runtime reports theirs
+        return {**out, "nonfinite_rejected": self.rejected}
+
+
 class EASGD(ParameterServer):
     """Local steps, and an elastic pull between each worker and a center variable on the servers."""
 
     Config = EASGDConfig
+    Worker = ElasticWorker
+    Server = CenterServer
     description = "elastic averaging: local steps, every tau steps an elastic exchange with a center on the servers"
 
     @classmethod
@@ -43,32 +85,7 @@ class EASGD(ParameterServer):
     def _step(self) -> None:
         self.update()
         if (self.steps + 1) % self.config.tau == 0:
-            self.exchange_(Kind.PUSH)
+            self.worker.push_()
 
-    def worker_payload(self, server: int) -> torch.Tensor:
-        return flat(self.shard_tensors(server))
-
-    @torch.no_grad()
-    def apply_reply_(self, server: int, reply: torch.Tensor) -> None:
-        if self._pulling_final:
-            unflat_(self.shard_tensors(server), reply)
-        else:
-            unflat_(self.shard_tensors(server), flat(self.shard_tensors(server)) - reply)
-
-    _pulling_final = False
-
-    def pull_final_(self) -> None:
-        self._pulling_final = True
-        super().pull_final_()
-
-    @torch.no_grad()
-    def on_push(self, msg: Message) -> None:
-        center = self.shard_vector()
-        if not torch.isfinite(msg.payload).all():
-            self.nonfinite += 1
-            self.answer(msg.worker, torch.zeros_like(center))
-            return
-        move = self.config.alpha * (msg.payload - center)
-        unflat_(self.shard, center + move)
-        self.version += 1
-        self.answer(msg.worker, move)
+    def server_options(self) -> dict:
+        return {"alpha": self.config.alpha}

@@ -1,0 +1,125 @@
+"""A parameter-server worker: push a shard to every server, take each answer; pull the final model.
+
+The worker's side of the protocol in :mod:`agentsync.sync.ps_protocol`. Variants override what
+is pushed (:meth:`WorkerRole.payload`) and how an answer is taken (:meth:`WorkerRole.take_`).
+The end-of-run exchange (DONE, answered with the final shard) is not counted in the byte
+counters: it delivers the result, and a resumed run must count what an uninterrupted one does.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from agentsync.comm import Comm
+from agentsync.sync.ps_protocol import HEADER, Kind, Layout, flat, pack, split_extra, unflat_, unpack
+from agentsync.update import local_norm
+
+
+class WorkerRole:
+    """One worker's state: the version of the parameters it holds and the pushes it has sent.
+
+    Args:
+        comm: the job's process group.
+        layout: ranks and shards.
+        params: the model's trainable parameters (what the shards index).
+        buffers: the model's floating-point buffers, sent to server 0 with DONE to be averaged.
+        state: this role's saved state on a resumed run.
+    """
+
+    def __init__(self, comm: Comm, layout: Layout, params: list[nn.Parameter], buffers: list[torch.Tensor],
+                 state: dict | None = None) -> None:
+        self.comm, self.layout, self.params, self.buffers = comm, layout, params, buffers
+        self.version = 0
+        """The server version of the parameters this worker holds."""
+        self.clock = 0
+        """Pushes sent."""
+        self.clock_gap = 0
+        """Own pushes minus the slowest live worker's, as the last answer said."""
+        self.own_buffers = [b.detach().clone() for b in buffers]
+        """This worker's buffers as its own training left them (the final model gets the workers' mean)."""
+        if state:
+            self.version, self.clock = int(state["version"]), int(state["clock"])
+            self.own_buffers = [b.to(comm.device) for b in state["buffers"]]
+            with torch.no_grad():  # a resumed worker goes on with its own statistics, not the mean
+                for b, own in zip(buffers, self.own_buffers):
+                    b.copy_(own)
+
+    def shard(self, server: int) -> list[nn.Parameter]:
+        return [self.params[i] for i in self.layout.shards[server]]
+
+    def grads(self, server: int) -> list[torch.Tensor]:
+        return [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.shard(server)]
+
+    # -- what variants change ------------------------------------------------------------------
+    def payload(self, server: int) -> torch.Tensor:
+        """What this worker pushes to ``server``: its gradient shard."""
+        return flat(self.grads(server), self.comm.device)
+
+    def take_(self, server: int, reply: torch.Tensor) -> None:
+        """Take the server's answer to a push: the fresh parameters of its shard."""
+        unflat_(self.shard(server), reply)
+
+    # -- the exchanges -----------------------------------------------------------------------------
+    def send(self, server: int, kind: Kind, payload: torch.Tensor) -> None:
+        header = [int(kind), self.comm.rank, self.version, *split_extra(payload.numel())]
+        self.comm.send(pack(header, payload), self.layout.server_rank(server))
+
+    def receive(self, server: int, numel: int) -> torch.Tensor:
+        message = torch.empty(HEADER + numel, device=self.comm.device)
+        self.comm.recv(message, self.layout.server_rank(server))
+        (version, min_clock, *_), reply = unpack(message)
+        self.version, self.clock_gap = version, self.clock - min_clock
+        return reply
+
+    def push_(self) -> None:
+        """Push to every server, then take every answer (all sends first: the servers work in parallel)."""
+        servers = range(self.layout.servers)
+        for s in servers:
+            self.send(s, Kind.PUSH, self.payload(s))
+        self.clock += 1
+        for s in servers:
+            self.take_(s, self.receive(s, self.layout.numels[s]))
+
+    @torch.no_grad()
+    def pull_final_(self) -> None:
+        """DONE to every server (with this worker's buffers to server 0); every answer is a final shard,
+        and server 0's also carries the workers' mean buffers. Uncounted: end-of-run delivery."""
+        self.own_buffers = [b.detach().clone() for b in self.buffers]
+        mine = flat(self.buffers, self.comm.device)
+        empty = torch.zeros(0, device=self.comm.device)
+        with self.comm.uncounted():
+            for s in range(self.layout.servers):
+                self.send(s, Kind.DONE, mine if s == 0 else empty)
+            for s in range(self.layout.servers):
+                reply = self.receive(s, self.layout.numels[s] + (mine.numel() if s == 0 else 0))
+                unflat_(self.shard(s), reply[: self.layout.numels[s]])
+                if s == 0:
+                    unflat_(self.buffers, reply[self.layout.numels[s]:])
+
+    def state_dict(self) -> dict:
+        return {"version": self.version, "clock": self.clock, "buffers": [b.cpu() for b in self.own_buffers]}
+
+
+class ClippingWorker(WorkerRole):
+    """Clips its own gradient by its global norm before pushing (ps-async, ssp: no server sees the
+    whole gradient, and none waits for the others to combine a norm). A non-finite gradient is
+    pushed as NaN on every shard, so every server skips the same push."""
+
+    def __init__(self, *args, max_grad_norm: float = 0.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_grad_norm = max_grad_norm
+
+    @torch.no_grad()
+    def push_(self) -> None:
+        grads = [p.grad for p in self.params if p.grad is not None]
+        norm = local_norm(grads)
+        if not torch.isfinite(norm):
+            scale = float("nan")
+        elif self.max_grad_norm:
+            scale = min(1.0, self.max_grad_norm / (float(norm) + 1e-6))  # clip_grad_norm_'s rule
+        else:
+            scale = 1.0
+        if scale != 1.0:
+            for g in grads:
+                g.mul_(scale)
+        super().push_()
