@@ -71,7 +71,6 @@ class Worker:
 
     # -- phases -----------------------------------------------------------------------------
     def run(self) -> None:
-    def run(self) -> None:
         try:
             if not self.strategy.is_worker:  # a server comes back from serving to report here (else it leaves)
                 self.strategy.leaves_after_serving = False
