@@ -151,11 +151,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             flags["launch.name"] = "torchrun"  # started by torchrun: be one of its ranks
         cfg = load_config(args.config, flags=flags, overrides=args.overrides)
     preflight(cfg)
-    if os.environ.get("RANK", "0") == "0":  # once per job, also under torchrun
-        choice = (OptimizerChoice(cfg.optimizer, "saved in the run's config.toml") if resume else
-                  optimizer_choice(args.config, flags=flags, overrides=args.overrides))
-        print(f"optimizer: {choice.describe()}", file=sys.stderr)
-    reporter = launch(cfg, resume=resume, progress=RichProgress)
+    choice = (OptimizerChoice(cfg.optimizer, "saved in the run's config.toml") if resume else
+              optimizer_choice(args.config, flags=flags, overrides=args.overrides))
+    reporter = launch(cfg, resume=resume, progress=RichProgress,  # said once the run folder exists
+                      announce=lambda: print(f"optimizer: {choice.describe()}", file=sys.stderr))
     if reporter:
         print_summary(Path(cfg.out))
     return 0

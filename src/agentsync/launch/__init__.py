@@ -9,13 +9,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from agentsync.config import RunConfig
 from agentsync.errors import ConfigError
 from agentsync.runtime import ProgressFactory
 
 
-def prepare_run_dir(cfg: RunConfig, *, resume: bool) -> Path:
+Announce = Callable[[], None]
+"""Called once the run folder is ready, before any process starts: says what the run will do."""
+
+
+def prepare_run_dir(cfg: RunConfig, *, resume: bool, announce: Announce | None = None) -> Path:
     """Create the run folder and write the resolved config.toml (a resumed run keeps its folder)."""
     run_dir = Path(cfg.out)
     if not resume:
@@ -27,16 +32,19 @@ def prepare_run_dir(cfg: RunConfig, *, resume: bool) -> Path:
         except OSError as e:
             raise ConfigError(f"cannot create the run folder {str(run_dir)!r}: {e.strerror}; choose another --out") from None
     (run_dir / "config.toml").write_text(cfg.to_toml())
+    if announce:
+        announce()
     return run_dir
 
 
-def launch(cfg: RunConfig, *, resume: bool = False, progress: ProgressFactory | None = None) -> bool:
+def launch(cfg: RunConfig, *, resume: bool = False, progress: ProgressFactory | None = None,
+           announce: Announce | None = None) -> bool:
     """Run the job to the end; returns True on the rank that reports (prints the summary)."""
     if cfg.launch.name == "local":
         from agentsync.launch.local import launch_local
-        return launch_local(cfg, resume=resume, progress=progress)
+        return launch_local(cfg, resume=resume, progress=progress, announce=announce)
     if cfg.launch.name == "torchrun":
         from agentsync.launch.torchrun import launch_torchrun
-        return launch_torchrun(cfg, resume=resume, progress=progress)
+        return launch_torchrun(cfg, resume=resume, progress=progress, announce=announce)
     from agentsync.launch.ray import launch_ray
-    return launch_ray(cfg, resume=resume, progress=progress)
+    return launch_ray(cfg, resume=resume, progress=progress, announce=announce)

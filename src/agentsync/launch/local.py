@@ -22,7 +22,7 @@ import torch
 from agentsync.comm import free_port, leave_process
 from agentsync.config import RunConfig
 from agentsync.errors import JobFailed
-from agentsync.launch import prepare_run_dir
+from agentsync.launch import Announce, prepare_run_dir
 from agentsync.metrics import SUMMARY
 from agentsync.runtime import ProgressFactory, run_worker
 from agentsync.sync import strategy_class
@@ -60,8 +60,9 @@ def describe_exit(code: int) -> str:
     return f"exited with code {code}"
 
 
-def launch_local(cfg: RunConfig, *, resume: bool, progress: ProgressFactory | None) -> bool:
-    run_dir = prepare_run_dir(cfg, resume=resume)
+def launch_local(cfg: RunConfig, *, resume: bool, progress: ProgressFactory | None,
+                 announce: Announce | None = None) -> bool:
+    run_dir = prepare_run_dir(cfg, resume=resume, announce=announce)
     before = summary_signature(run_dir)
     world = cfg.world_size
     base_env = {"WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": cfg.comm.master_addr,

@@ -16,7 +16,7 @@ import os
 from agentsync.comm import free_port
 from agentsync.config import RunConfig
 from agentsync.errors import ConfigError, JobFailed
-from agentsync.launch import prepare_run_dir
+from agentsync.launch import Announce, prepare_run_dir
 from agentsync.runtime import ProgressFactory, run_worker
 
 
@@ -28,12 +28,13 @@ def _rank_main(cfg: RunConfig, run_dir: str, resume: bool, progress, env: dict) 
     run_worker(cfg, run_dir, resume=resume, progress=progress)
 
 
-def launch_ray(cfg: RunConfig, *, resume: bool, progress: ProgressFactory | None) -> bool:
+def launch_ray(cfg: RunConfig, *, resume: bool, progress: ProgressFactory | None,
+                 announce: Announce | None = None) -> bool:
     try:
         import ray
     except ImportError:
         raise ConfigError("launch.name is ray but Ray is not installed; pip install 'agentsync[ray]'") from None
-    run_dir = prepare_run_dir(cfg, resume=resume)
+    run_dir = prepare_run_dir(cfg, resume=resume, announce=announce)
     started = not ray.is_initialized()
     if started:
         if os.environ.get("RAY_ADDRESS"):

@@ -13,11 +13,12 @@ import os
 from agentsync.comm import Comm
 from agentsync.config import RunConfig
 from agentsync.errors import ConfigError
-from agentsync.launch import prepare_run_dir
+from agentsync.launch import Announce, prepare_run_dir
 from agentsync.runtime import ProgressFactory, run_worker
 
 
-def launch_torchrun(cfg: RunConfig, *, resume: bool, progress: ProgressFactory | None) -> bool:
+def launch_torchrun(cfg: RunConfig, *, resume: bool, progress: ProgressFactory | None,
+                 announce: Announce | None = None) -> bool:
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         raise ConfigError("launch.name is torchrun but RANK/WORLD_SIZE are not set; start the command under "
                           "torchrun, or use --launcher local")
@@ -30,7 +31,7 @@ def launch_torchrun(cfg: RunConfig, *, resume: bool, progress: ProgressFactory |
     with comm.uncounted():
         cfg.out = comm.broadcast_bytes(cfg.out.encode(), src=0).decode()
         if comm.rank == 0:
-            prepare_run_dir(cfg, resume=resume)
+            prepare_run_dir(cfg, resume=resume, announce=announce)
         comm.barrier()
     run_worker(cfg, cfg.out, resume=resume, progress=progress, comm=comm)
     return comm.rank == 0
