@@ -1,6 +1,6 @@
 """``agentsync advise``: predicted per-step time of every strategy for a task, W workers and a network.
 
-    step time = compute × max(1, W / cores) + the strategy's communication (``Strategy.step_cost``)
+    step time = compute × max(1, W / cores) + the strategy's communication (``report/costs.py``)
 
 Compute is measured here, on this machine: a few optimizer steps of worker 0's model and batch in
 this process (one torch thread, as a worker has). With ``calibrate`` the base is instead measured
@@ -19,7 +19,7 @@ import torch
 
 from agentsync.comm import NetSim
 from agentsync.config import RunConfig, load_config
-from agentsync.sync import strategy_class
+from agentsync.report.costs import step_cost
 from agentsync.tasks import build_task
 
 # Strategies whose steps buy less progress than allreduce's: the advice says so next to the time.
@@ -74,8 +74,7 @@ def measure_compute(cfg: RunConfig, steps: int = 20, warmup: int = 5) -> float:
 def predict(cfg: RunConfig, net: NetSim, compute_s: float, nbytes: int, cores: int | None = None) -> Prediction:
     """One strategy's prediction; ``compute_s`` is one worker's step alone on a core, ``nbytes`` the model's size."""
     cores = cores or os.cpu_count() or 1
-    cls = strategy_class(cfg.strategy.name)
-    cost = cls.step_cost(cfg.strategy, net, nbytes, cfg.workers, cfg.servers)
+    cost = step_cost(cfg.strategy, net, nbytes, cfg.workers, cfg.servers)
     compute = compute_s * max(1.0, cfg.workers / cores)
     return Prediction(cfg.strategy.name, compute + cost.seconds, compute, cost.seconds, cost.bytes_sent, cost.note,
                       CONVERGENCE_WARNINGS.get(cfg.strategy.name, "") if cfg.workers > 1 else "")

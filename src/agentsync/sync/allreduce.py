@@ -21,7 +21,7 @@ from torch import nn
 
 from agentsync.comm import Work
 from agentsync.options import check
-from agentsync.sync.base import StepCost, Strategy, StrategyConfig, broadcast_buffers_
+from agentsync.sync.base import Strategy, StrategyConfig, broadcast_buffers_
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -91,10 +91,6 @@ class AllReduce(Strategy):
 
     Config = AllReduceConfig
     description = "average gradients every step by bucketed all-reduce (DDP); replicas identical"
-
-    @classmethod
-    def step_cost(cls, config, net, model_bytes, workers, servers) -> StepCost:
-        return StepCost.all_reduce(net, model_bytes, workers, f"ring all-reduce every step: {2 * (workers - 1)} latencies")
 
     def _setup(self) -> None:
         super()._setup()

@@ -8,31 +8,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from agentsync.comm import Comm, NetSim
+from agentsync.comm import Comm
 from agentsync.optim import OptimizerConfig
 from agentsync.options import Options, check
 from agentsync.update import Update, UpdateRule
-
-
-@dataclasses.dataclass(frozen=True)
-class StepCost:
-    """What one worker step costs in communication under an α–β network (see :class:`NetSim`)."""
-
-    seconds: float = 0.0
-    """Time a worker waits on the network per step (not hidden by compute)."""
-    bytes_sent: float = 0.0
-    """Bytes a worker sends per step, averaged over a period."""
-    note: str = ""
-    """Why, in a few words; and what the steps themselves cost in convergence, where known."""
-
-    @classmethod
-    def all_reduce(cls, net: NetSim, model_bytes: float, workers: int, note: str) -> "StepCost":
-        """A ring all-reduce of the model: 2(W−1) rounds, each sending a 1/W chunk."""
-        return cls(net.all_reduce(model_bytes, workers), 2 * (workers - 1) / workers * model_bytes, note)
-
-    def every(self, period: int, note: str) -> "StepCost":
-        """This cost paid once every ``period`` steps, spread over them."""
-        return StepCost(self.seconds / period, self.bytes_sent / period, note)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -98,11 +77,6 @@ class Strategy(abc.ABC):
     def final_module(cls, build_model, num_workers: int) -> nn.Module:
         """An empty module shaped like what :meth:`finalize` returns, to load a checkpoint's model into."""
         return build_model()
-
-    @classmethod
-    def step_cost(cls, config: StrategyConfig, net: NetSim, model_bytes: int, workers: int, servers: int) -> StepCost:
-        """This strategy's per-step communication under ``net`` (advise's cost model)."""
-        return StepCost(note="no communication while training")
 
     @property
     def is_worker(self) -> bool:

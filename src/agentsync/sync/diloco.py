@@ -18,7 +18,7 @@ import torch
 from agentsync.optim import OptimizerConfig
 from agentsync.options import check
 from agentsync.sync.averaging import Decentralized, average_buffers_, flat_params, set_flat_params_
-from agentsync.sync.base import StepCost, StrategyConfig
+from agentsync.sync.base import StrategyConfig
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -48,11 +48,6 @@ class DiLoCo(Decentralized):
         super().__init__(config, comm, num_workers=num_workers)
         self.start: torch.nn.Parameter | None = None  # θ_start: the outer optimizer's parameter
         self.outer: torch.optim.SGD | None = None
-
-    @classmethod
-    def step_cost(cls, config, net, model_bytes, workers, servers) -> StepCost:
-        return StepCost.all_reduce(net, model_bytes, workers, "").every(
-            config.inner_steps, f"one all-reduce every {config.inner_steps} inner steps")
 
     def _setup(self) -> None:
         super()._setup()

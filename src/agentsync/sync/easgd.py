@@ -13,7 +13,7 @@ import dataclasses
 import torch
 
 from agentsync.options import check
-from agentsync.sync.base import StepCost, check_unit_interval
+from agentsync.sync.base import check_unit_interval
 from agentsync.sync.ps import ParameterServer, ServerConfig
 from agentsync.sync.ps_protocol import Message, flat, unflat_
 from agentsync.sync.ps_server import ServerRole
@@ -76,11 +76,6 @@ class EASGD(ParameterServer):
     Worker = ElasticWorker
     Server = CenterServer
     description = "elastic averaging: local steps, every tau steps an elastic exchange with a center on the servers"
-
-    @classmethod
-    def step_cost(cls, config, net, model_bytes, workers, servers) -> StepCost:
-        return ParameterServer.step_cost(config, net, model_bytes, workers, servers).every(
-            config.tau, f"elastic exchange with the center every {config.tau} steps")
 
     def _step(self) -> None:
         self.update()

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from agentsync.sync.averaging import Decentralized, flatten, unflatten_
-from agentsync.sync.base import StepCost
 
 
 def mean_output(outputs: list):
@@ -61,10 +60,6 @@ class Ensemble(Decentralized):
 
     def _step(self) -> None:
         self.update()
-
-    @classmethod
-    def step_cost(cls, config, net, model_bytes, workers, servers) -> StepCost:
-        return StepCost(note="no communication until the end")
 
     @classmethod
     def final_module(cls, build_model, num_workers: int) -> nn.Module:

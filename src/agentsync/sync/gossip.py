@@ -14,7 +14,7 @@ import torch
 from agentsync.options import check, choice
 from agentsync.comm import Comm
 from agentsync.sync.averaging import Decentralized, flatten, floating_buffer_groups, unflatten_
-from agentsync.sync.base import StepCost, StrategyConfig, check_unit_interval
+from agentsync.sync.base import StrategyConfig, check_unit_interval
 from agentsync.sync.topology import TOPOLOGIES, Topology
 
 
@@ -47,10 +47,6 @@ class Gossip(Decentralized):
         self.topology: Topology = TOPOLOGIES[config.topology](comm.world_size, config.seed)
         self.rounds = 0
         """Mixing rounds done: the topology's clock, checkpointed so a resumed run pairs as the original."""
-
-    @classmethod
-    def step_cost(cls, config, net, model_bytes, workers, servers) -> StepCost:
-        return StepCost(net.message(model_bytes), model_bytes).every(config.period, "one model swap with one partner per round")
 
     def _step(self) -> None:
         self.update()

@@ -10,7 +10,7 @@ import warnings
 
 from agentsync.options import check
 from agentsync.sync.averaging import Decentralized, average_params_
-from agentsync.sync.base import StepCost, StrategyConfig
+from agentsync.sync.base import StrategyConfig
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -31,11 +31,6 @@ class LocalSGD(Decentralized):
 
     Config = LocalSGDConfig
     description = "local steps, parameters averaged over all workers every `period` steps"
-
-    @classmethod
-    def step_cost(cls, config, net, model_bytes, workers, servers) -> StepCost:
-        return StepCost.all_reduce(net, model_bytes, workers, "").every(
-            config.period, f"one parameter all-reduce every {config.period} steps")
 
     def _step(self) -> None:
         self.update()

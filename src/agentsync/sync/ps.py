@@ -30,8 +30,8 @@ from torch import nn
 
 from agentsync.comm import leave_process
 from agentsync.options import check
-from agentsync.sync.base import StepCost, Strategy, StrategyConfig, broadcast_model_
-from agentsync.sync.ps_protocol import HEADER_BYTES, MAX_UPDATES, Kind, Layout, float_buffers, split_extra, pack
+from agentsync.sync.base import Strategy, StrategyConfig, broadcast_model_
+from agentsync.sync.ps_protocol import MAX_UPDATES, Kind, Layout, float_buffers, split_extra, pack
 from agentsync.sync.ps_server import ServerRole
 from agentsync.sync.ps_worker import WorkerRole
 from agentsync.update import UpdateRule, local_norm
@@ -55,7 +55,6 @@ class ParameterServer(Strategy):
     Server: ClassVar[type[ServerRole]] = ServerRole
     tolerates_worker_loss = True
     midrun_checkpoints = False
-    cost_note = "push gradient, pull parameters (2 messages)"
 
     def __init__(self, config: StrategyConfig, comm, *, num_workers: int | None = None) -> None:
         super().__init__(config, comm, num_workers=num_workers)
@@ -69,11 +68,6 @@ class ParameterServer(Strategy):
     @classmethod
     def world_size(cls, workers: int, servers: int) -> int:
         return workers + servers
-
-    @classmethod
-    def step_cost(cls, config, net, model_bytes, workers, servers) -> StepCost:
-        shard = model_bytes / servers + HEADER_BYTES
-        return StepCost(2 * net.message(shard), model_bytes + servers * HEADER_BYTES, cls.cost_note)
 
     @property
     def num_servers(self) -> int:

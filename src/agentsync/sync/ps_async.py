@@ -50,7 +50,6 @@ class PSAsync(ParameterServer):
 
     Server = AsyncServer
     description = "asynchronous parameter server: each gradient applied on arrival (Downpour)"
-    cost_note = "push and pull; never waits for other workers"
     # Asynchrony already acts as momentum (Mitliagkas et al., 2016); SGD momentum on top diverges.
     preferred_optimizer = OptimizerConfig(momentum=0.0)
 

@@ -81,7 +81,6 @@ class PSSync(ParameterServer):
     Config = PSSyncConfig
     Server = SyncServer
     description = "synchronous parameter server; replicas_to_aggregate < W makes the slowest workers backups"
-    cost_note = "push and pull; waits for replicas_to_aggregate gradients"
 
     @property
     def replicas(self) -> int:

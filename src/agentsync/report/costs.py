@@ -1,0 +1,69 @@
+"""advise's cost model: what one worker step of each strategy costs on an α–β network.
+
+It lives beside the strategies rather than on them (a strategy only synchronizes); one function
+per strategy, looked up by registry name. Each returns the seconds a worker waits on the network
+per step (not hidden by compute) and the bytes it sends, averaged over a strategy's period.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from agentsync.netsim import NetSim
+from agentsync.sync.ps_protocol import HEADER_BYTES
+
+
+@dataclasses.dataclass(frozen=True)
+class StepCost:
+    """What one worker step costs in communication under an α–β network (see :class:`NetSim`)."""
+
+    seconds: float = 0.0
+    """Time a worker waits on the network per step (not hidden by compute)."""
+    bytes_sent: float = 0.0
+    """Bytes a worker sends per step, averaged over a period."""
+    note: str = ""
+    """Why, in a few words; and what the steps themselves cost in convergence, where known."""
+
+    @classmethod
+    def all_reduce(cls, net: NetSim, model_bytes: float, workers: int, note: str = "") -> "StepCost":
+        """A ring all-reduce of the model: 2(W−1) rounds, each sending a 1/W chunk."""
+        return cls(net.all_reduce(model_bytes, workers), 2 * (workers - 1) / workers * model_bytes, note)
+
+    @classmethod
+    def push_pull(cls, net: NetSim, model_bytes: float, servers: int, note: str) -> "StepCost":
+        """A push of the gradient to S servers and a pull of their shards: 2 messages a shard."""
+        shard = model_bytes / servers + HEADER_BYTES
+        return cls(2 * net.message(shard), model_bytes + servers * HEADER_BYTES, note)
+
+    def every(self, period: int, note: str) -> "StepCost":
+        """This cost paid once every ``period`` steps, spread over them."""
+        return StepCost(self.seconds / period, self.bytes_sent / period, note)
+
+
+Cost = Callable[..., StepCost]  # (config, net, model_bytes, workers, servers) -> StepCost
+
+COSTS: dict[str, Cost] = {
+    "none": lambda c, net, nbytes, w, s: StepCost(note="no communication while training"),
+    "ensemble": lambda c, net, nbytes, w, s: StepCost(note="no communication until the end"),
+    "allreduce": lambda c, net, nbytes, w, s: StepCost.all_reduce(
+        net, nbytes, w, f"ring all-reduce every step: {2 * (w - 1)} latencies"),
+    "local-sgd": lambda c, net, nbytes, w, s: StepCost.all_reduce(net, nbytes, w).every(
+        c.period, f"one parameter all-reduce every {c.period} steps"),
+    "diloco": lambda c, net, nbytes, w, s: StepCost.all_reduce(net, nbytes, w).every(
+        c.inner_steps, f"one all-reduce every {c.inner_steps} inner steps"),
+    "gossip": lambda c, net, nbytes, w, s: StepCost(net.message(nbytes), nbytes).every(
+        c.period, "one model swap with one partner per round"),
+    "ps-sync": lambda c, net, nbytes, w, s: StepCost.push_pull(
+        net, nbytes, s, "push and pull; waits for replicas_to_aggregate gradients"),
+    "ps-async": lambda c, net, nbytes, w, s: StepCost.push_pull(
+        net, nbytes, s, "push and pull; never waits for other workers"),
+    "ssp": lambda c, net, nbytes, w, s: StepCost.push_pull(
+        net, nbytes, s, "push and pull; never waits for other workers"),
+    "easgd": lambda c, net, nbytes, w, s: StepCost.push_pull(net, nbytes, s, "").every(
+        c.tau, f"elastic exchange with the center every {c.tau} steps"),
+}
+
+
+def step_cost(config, net: NetSim, model_bytes: int, workers: int, servers: int) -> StepCost:
+    """The communication cost of one step of ``config.name`` (a strategy's config)."""
+    return COSTS[config.name](config, net, model_bytes, workers, servers)
