@@ -102,11 +102,12 @@ class PPOTask(RLTask):
         make = lambda: MLPPerceiver(obs_size, [c.hidden, c.hidden], c.activation, c.normalize_obs)  # noqa: E731
         return ActorCritic(make(), make(), int(self.action_space.n))
 
-    def greedy(self, model: nn.Module, obs: np.ndarray) -> np.ndarray:
-        return model.act(self.obs_tensor(obs).float(), deterministic=True)[0].numpy()
+    def action_scores(self, output: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Greedy acts on the logits of forward's (logits, values)."""
+        return output[0]
 
     def policy(self, model: ActorCritic):
-        return lambda obs: (model.act(self.obs_tensor(obs).float(), self.generator)[0].numpy(), {})
+        return lambda obs: (model.act(self.obs_tensor(obs).float(), self.generator)[0].cpu().numpy(), {})
 
     @torch.no_grad()
     def collect(self, model: ActorCritic) -> None:
@@ -122,7 +123,7 @@ class PPOTask(RLTask):
             for perceiver in (model.policy, model.value):
                 perceiver.norm.update_(flat)
         shape = steps.rewards.shape
-        value = lambda x: model.values(self.obs_tensor(x.reshape(-1, *x.shape[2:])).float()).numpy().reshape(shape)  # noqa: E731
+        value = lambda x: model.values(self.obs_tensor(x.reshape(-1, *x.shape[2:])).float()).cpu().numpy().reshape(shape)  # noqa: E731
         advantages, returns = gae(steps, value(steps.obs), value(steps.next_obs), c.gamma, c.gae_lambda)
         steps.extras.update(advantages=advantages, returns=returns)
         self.rollout = {k: self.obs_tensor(v) for k, v in steps.transitions().items()}
@@ -136,7 +137,7 @@ class PPOTask(RLTask):
         """The batch of runtime step ``step``: collects a new rollout at the start of each cycle."""
         if step % self.updates_per_rollout == 0 or not self.rollout:
             self.collect(model)
-        idx = torch.as_tensor(self.minibatch_index[step % self.updates_per_rollout])
+        idx = torch.as_tensor(self.minibatch_index[step % self.updates_per_rollout], device=self.device)
         batch = {k: v[idx] for k, v in self.rollout.items()}
         batch["obs"] = batch["obs"].float()
         return batch
