@@ -25,7 +25,7 @@ class PPOConfig(RLConfig):
     name: str = "cartpole-ppo"
     n_steps: int = 32
     """Vector steps per rollout (a rollout holds n_steps × envs_per_worker transitions)."""
-    epochs: int = 10
+    epochs: int = 20
     """Passes over each rollout."""
     minibatches: int = 1
     """Minibatches per pass; each is one runtime step."""
@@ -84,9 +84,9 @@ class PPOTask(RLTask):
     Config = PPOConfig
     description = "PPO on CartPole-v1 (eval_return, max 500)"
     env_id = "CartPole-v1"
-    default_steps = 3000
-    default_eval_every = 200
-    default_optimizer = OptimizerConfig(name="adam", lr=1e-3, max_grad_norm=0.5)
+    default_steps = 4000
+    default_eval_every = 500
+    default_optimizer = OptimizerConfig(name="adam", lr=1e-3, max_grad_norm=0.5, lr_schedule="linear")
 
     def __init__(self, config: PPOConfig, **kwargs) -> None:
         super().__init__(config, **kwargs)
@@ -158,4 +158,4 @@ class AcrobotPPO(PPOTask):
     env_id = "Acrobot-v1"
     default_steps = 3000
     default_eval_every = 500
-    default_optimizer = OptimizerConfig(name="adam", lr=1e-3, max_grad_norm=0.5)
+    default_optimizer = OptimizerConfig(name="adam", lr=1e-3, max_grad_norm=0.5, lr_schedule="linear")
