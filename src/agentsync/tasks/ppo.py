@@ -79,7 +79,11 @@ class AcrobotPPOConfig(PPOConfig):
 
 
 class PPOTask(RLTask):
-    """PPO with GAE, clipped surrogate, value loss, entropy bonus, minibatch epochs, gradient clipping."""
+    """PPO with GAE, clipped surrogate, value loss, entropy bonus, minibatch epochs.
+
+    Gradient clipping (0.5) and the learning rate's linear decay to 0 are the default optimizer's:
+    the decay is what lets the run end on a settled policy (docs/tasks/rl.md).
+    """
 
     Config = PPOConfig
     description = "PPO on CartPole-v1 (eval_return, max 500)"
