@@ -1,12 +1,18 @@
 """Time and env steps to eval_return >= 475 on CartPole-v1: agentsync cartpole-ppo (W = 1, 2) vs SB3 PPO.
 
-    .venv/bin/python bench/ppo_vs_sb3.py [--seeds 0,1,2] [--max-steps 3000]
+    .venv/bin/python bench/ppo_vs_sb3.py [--seeds 0,1,2] [--max-steps 4000] [--split-sb3-envs]
 
 Both sides evaluate every 4096 env steps (all workers together) on 10 deterministic episodes and
 stop at the first evaluation >= 475. SB3 uses RL-Zoo's CartPole hyperparameters (8 envs, n_steps 32,
-batch 256, gae 0.8, gamma 0.98, 20 epochs, ent 0, lr and clip linear from 1e-3 / 0.2 over 1e5 steps).
-Time is wall-clock from launching the run's process to seeing the hit (the parent polls every 50 ms),
-so process start-up, imports and the process group are included on both sides. Prints JSON.
+batch 256, gae 0.8, gamma 0.98, 20 epochs, ent 0, lr and clip linear from 1e-3 / 0.2 over 1e5 steps,
+gradient clipping at 0.5). agentsync runs cartpole-ppo's defaults (the same PPO settings per worker,
+Adam 1e-3 decayed linearly to 0 over the run's updates, the averaged gradient clipped at 0.5, clip ε
+constant): over the default 4,000 updates the W = 2 run's schedule spans 102,400 env steps, SB3's
+100,000. Time is wall-clock from launching the run's process to seeing the hit (the parent polls
+every 50 ms), so process start-up, imports and the process group are included on both sides.
+With ``--split-sb3-envs`` the W workers share SB3's 8 envs instead (8/W each: the same 256-transition
+rollout and 20 updates per rollout as SB3, strong scaling) and the schedule spans SB3's 1e5 env steps.
+Prints JSON, with the issue's goals for W = 2: time <= 0.8x SB3's and env steps <= 1.2x.
 """
 from __future__ import annotations
 
@@ -24,8 +30,9 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-TARGET, EVAL_ENV_STEPS, ROLLOUT = 475.0, 4096, 32 * 8  # n_steps × envs_per_worker (cartpole-ppo defaults)
-UPDATES_PER_ROLLOUT = 10  # cartpole-ppo: epochs 10 × minibatches 1
+TARGET, EVAL_ENV_STEPS = 475.0, 4096
+SB3_ENVS, SB3_TIMESTEPS = 8, 100_000
+GOALS = {"time": 0.8, "env_steps": 1.2}  # W = 2 vs SB3, medians
 
 
 def kill_tree(proc: subprocess.Popen) -> None:
@@ -38,13 +45,28 @@ def kill_tree(proc: subprocess.Popen) -> None:
     psutil.wait_procs(procs, timeout=5)
 
 
-def agentsync_run(workers: int, seed: int, max_steps: int) -> dict:
+def cartpole_ppo_defaults():
+    """cartpole-ppo's options and default number of updates.
+
+    Imported here, not at the top, so that the SB3 child does not import agentsync."""
+    from agentsync.tasks.ppo import PPOConfig, PPOTask
+
+    return PPOConfig(), PPOTask.default_steps
+
+
+def agentsync_run(workers: int, seed: int, max_steps: int | None, split_sb3_envs: bool) -> dict:
     """One run; polls metrics.jsonl for the first eval >= TARGET."""
-    eval_every = EVAL_ENV_STEPS // (ROLLOUT * workers) * UPDATES_PER_ROLLOUT
+    c, default_steps = cartpole_ppo_defaults()
+    envs = SB3_ENVS // workers if split_sb3_envs else c.envs_per_worker
+    rollout, updates_per_rollout = c.n_steps * envs, c.epochs * c.minibatches
+    if max_steps is None:
+        max_steps = SB3_TIMESTEPS * updates_per_rollout // (rollout * workers) if split_sb3_envs else default_steps
+    eval_every = EVAL_ENV_STEPS // (rollout * workers) * updates_per_rollout
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "agentsync", "train", "--out", out, "--task", "cartpole-ppo",
                "--strategy", "allreduce" if workers > 1 else "none", "--workers", str(workers),
-               "--seed", str(seed), "--steps", str(max_steps), "--set", f"eval_every={eval_every}"]
+               "--seed", str(seed), "--steps", str(max_steps), "--set", f"eval_every={eval_every}",
+               "--set", f"task.envs_per_worker={envs}"]
         start = time.time()
         proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         metrics, seen = Path(out) / "metrics.jsonl", 0
@@ -54,11 +76,12 @@ def agentsync_run(workers: int, seed: int, max_steps: int) -> dict:
                 for line in lines[seen:]:
                     row = json.loads(line)
                     if row.get("event") in ("eval", "final") and row.get("eval_return", 0) >= TARGET:
-                        rollouts = -(-row["step"] // UPDATES_PER_ROLLOUT)
-                        return {"time_s": time.time() - start, "env_steps": rollouts * ROLLOUT * workers}
+                        rollouts = -(-row["step"] // updates_per_rollout)
+                        return {"time_s": time.time() - start, "env_steps": rollouts * rollout * workers,
+                                "max_steps": max_steps}
                 seen = len(lines) if lines and lines[-1].endswith("}") else seen
                 if proc.poll() is not None and seen >= len(lines):
-                    return {"time_s": None, "env_steps": None}
+                    return {"time_s": None, "env_steps": None, "max_steps": max_steps}
                 time.sleep(0.05)
         finally:
             if proc.poll() is None:
@@ -74,13 +97,14 @@ def sb3_child(seed: int) -> None:
 
     torch.set_num_threads(1)
     linear = lambda v: (lambda remaining: remaining * v)  # noqa: E731
-    env = make_vec_env("CartPole-v1", n_envs=8, seed=seed)
+    env = make_vec_env("CartPole-v1", n_envs=SB3_ENVS, seed=seed)
     model = PPO("MlpPolicy", env, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20,
-                ent_coef=0.0, learning_rate=linear(1e-3), clip_range=linear(0.2), seed=seed, device="cpu")
+                ent_coef=0.0, learning_rate=linear(1e-3), clip_range=linear(0.2), max_grad_norm=0.5,
+                seed=seed, device="cpu")
     stop = StopTrainingOnRewardThreshold(reward_threshold=TARGET, verbose=0)
     callback = EvalCallback(make_vec_env("CartPole-v1", n_envs=1, seed=seed + 10_000), n_eval_episodes=10,
-                            eval_freq=EVAL_ENV_STEPS // 8, deterministic=True, callback_on_new_best=stop, verbose=0)
-    model.learn(total_timesteps=100_000, callback=callback)
+                            eval_freq=EVAL_ENV_STEPS // SB3_ENVS, deterministic=True, callback_on_new_best=stop, verbose=0)
+    model.learn(total_timesteps=SB3_TIMESTEPS, callback=callback)
     hit = callback.best_mean_reward >= TARGET
     print(json.dumps({"hit": hit, "env_steps": int(model.num_timesteps) if hit else None}), flush=True)
 
@@ -102,23 +126,32 @@ def median(rows: list[dict], key: str) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--max-steps", type=int, default=3000, help="agentsync updates budget per worker")
+    parser.add_argument("--max-steps", type=int, help="agentsync updates per worker, the learning-rate "
+                        "schedule's horizon (default: cartpole-ppo's, or SB3's 1e5 env steps with --split-sb3-envs)")
+    parser.add_argument("--split-sb3-envs", action="store_true",
+                        help="W workers share SB3's 8 envs (same global rollout as SB3) instead of 8 envs each")
     parser.add_argument("--sb3-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sb3_child is not None:
         return sb3_child(args.sb3_child)
     seeds = [int(s) for s in args.seeds.split(",")]
+    load_before = os.getloadavg()[0]
     runs = {"sb3": [sb3_run(s) for s in seeds],
-            "agentsync_w1": [agentsync_run(1, s, args.max_steps) for s in seeds],
-            "agentsync_w2": [agentsync_run(2, s, args.max_steps) for s in seeds]}
+            "agentsync_w1": [agentsync_run(1, s, args.max_steps, args.split_sb3_envs) for s in seeds],
+            "agentsync_w2": [agentsync_run(2, s, args.max_steps, args.split_sb3_envs) for s in seeds]}
     medians = {name: {"time_s": median(rows, "time_s"), "env_steps": median(rows, "env_steps")}
                for name, rows in runs.items()}
     ratio = lambda a, k: (medians[a][k] / medians["sb3"][k]  # noqa: E731
                           if medians[a][k] is not None and medians["sb3"][k] else None)
-    print(json.dumps({"target": TARGET, "seeds": seeds, "cpu_count": os.cpu_count(),
-                      "load_avg_1m": os.getloadavg()[0], "runs": runs, "medians": medians,
-                      "ratios_vs_sb3": {a: {"time": ratio(a, "time_s"), "env_steps": ratio(a, "env_steps")}
-                                        for a in ("agentsync_w1", "agentsync_w2")}}, indent=1))
+    ratios = {a: {"time": ratio(a, "time_s"), "env_steps": ratio(a, "env_steps")}
+              for a in ("agentsync_w1", "agentsync_w2")}
+    goals = {k: {"goal": g, "w2_ratio": ratios["agentsync_w2"][k],
+                 "met": ratios["agentsync_w2"][k] is not None and ratios["agentsync_w2"][k] <= g}
+             for k, g in GOALS.items()}
+    print(json.dumps({"target": TARGET, "seeds": seeds, "max_steps": args.max_steps,
+                      "split_sb3_envs": args.split_sb3_envs, "cpu_count": os.cpu_count(),
+                      "load_avg_1m": {"before": load_before, "after": os.getloadavg()[0]}, "runs": runs,
+                      "medians": medians, "ratios_vs_sb3": ratios, "goals_w2": goals}, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""RL agent parts in one process: the Q-learning update, autoreset handling, GAE at episode ends."""
+"""RL agent parts in one process: the Q-learning update, autoreset handling, GAE at episode ends,
+greedy evaluation through the model's forward alone."""
 from __future__ import annotations
 
 import gymnasium as gym
@@ -11,6 +12,7 @@ from agentsync.agents.dqn import NStepAccumulator, ReplayBuffer, dqn_loss
 from agentsync.agents.ppo import gae
 from agentsync.agents.q_learning import q_learning_loss
 from agentsync.agents.rollout import Collector
+from agentsync.tasks import build_task, task_class
 
 
 def test_q_learning_sgd_gives_the_table_the_formula_predicts():
@@ -130,3 +132,42 @@ def test_epsilon_schedule_and_greedy_actions():
     assert (epsilon_greedy(q, 0.0, rng) == 1).all()
     explored = (epsilon_greedy(q, 0.3, rng) != 1).mean()
     assert explored == pytest.approx(0.3 * 2 / 3, abs=0.04)  # ε·(A−1)/A picks a non-greedy action
+
+
+class MeanOfMembers(torch.nn.Module):
+    """Nothing but a forward, the ensemble's: the members' mean output, tuples averaged element-wise."""
+
+    def __init__(self, members: list[torch.nn.Module]) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, obs: torch.Tensor):
+        outs = [m(obs) for m in self.members]
+        if isinstance(outs[0], tuple):
+            return tuple(torch.stack(parts).mean(0) for parts in zip(*outs))
+        return torch.stack(outs).mean(0)
+
+
+@pytest.mark.parametrize("name", ["frozenlake-q", "cartpole-dqn", "cartpole-ppo"])
+def test_greedy_acts_on_the_forward_of_any_module(name):
+    """An ensemble of two members evaluates as one policy: argmax of the mean Q-values (DQN, Q-table) or
+    of the mean logits (PPO's forward returns (logits, values)), computed here member by member."""
+    task = build_task(task_class(name).Config(), worker_rank=0, num_workers=1, seed=0)
+    members = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        model = task.build_model()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_()  # the Q-table starts at zero: give every member distinct, non-tied scores
+        members.append(model)
+    task.observation_space.seed(0)
+    obs = np.stack([task.observation_space.sample() for _ in range(64)])
+    x = torch.as_tensor(obs)
+    with torch.no_grad():
+        scores = [m(x)[0] if name == "cartpole-ppo" else m(x) for m in members]
+        expected = ((scores[0] + scores[1]) / 2).argmax(-1).numpy()
+        single = scores[0].argmax(-1).numpy()
+    np.testing.assert_array_equal(task.greedy(MeanOfMembers(members), obs), expected)
+    np.testing.assert_array_equal(task.greedy(members[0], obs), single)
+    assert (expected != single).any()  # the two members disagree somewhere, so the mean is what was used

@@ -1,7 +1,8 @@
-"""RL tasks under real strategies: learning thresholds, and allreduce PPO ≡ PPO on the concatenated rollout.
+"""RL tasks under real strategies: final-model thresholds, and allreduce PPO ≡ PPO on the concatenated rollout.
 
-Every run here is a real ``agentsync train`` with W gloo processes on 127.0.0.1. Thresholds are the
-issue's: they sit well below what these seeds reach (see docs/tasks/rl.md for measured curves).
+Every run here is a real ``agentsync train`` with W gloo processes on 127.0.0.1, with fixed seeds.
+Thresholds are the issue's; what these seeds reach is in docs/tasks/rl.md (cartpole-ppo, allreduce,
+seeds 0-4: 500 / 500 / 500 / 485.2 / 500 at the end of the run).
 """
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 
 from agentsync.agents.ppo import ppo_loss
 from agentsync.tasks import build_task, task_class
-from conftest import read_jsonl, train
+from agentsync.update import UpdateRule
+from conftest import train
 
 
 # -- frozenlake-q ------------------------------------------------------------------------------------
@@ -22,28 +24,26 @@ def test_frozenlake_q_four_workers_local_sgd_reach_success_rate(tmp_path):
 
 
 # -- cartpole-ppo ------------------------------------------------------------------------------------
-def best_eval(run_dir) -> float:
-    """The best eval_return logged during training (and at the end) in ``run_dir``'s metrics.jsonl."""
-    return max(e["eval_return"] for e in read_jsonl(run_dir / "metrics.jsonl") if e["event"] in ("eval", "final"))
+@pytest.mark.timeout(900)  # five runs of ~30 s each alone; ~90 s each on 2 cores shared by other jobs
+def test_cartpole_ppo_allreduce_final_policy_solved_for_seeds_0_to_4(tmp_path):
+    """The model a user takes (the run's last) is solved, for every seed: the defaults decay the learning
+    rate linearly to 0 (RL Zoo's schedule), which keeps the greedy return from swinging at the end
+    (measured in docs/tasks/rl.md; with a constant rate seed 0 ended at 364)."""
+    finals = {}
+    for seed in range(5):
+        summary = train(tmp_path / str(seed), "--task", "cartpole-ppo", "--strategy", "allreduce", "--workers", "2",
+                        "--seed", str(seed), "--set", "eval_every=0")
+        finals[seed] = summary["metrics"]["eval_return"]
+    assert all(r >= 475 for r in finals.values()), finals
 
 
-@pytest.mark.timeout(150)
-def test_cartpole_ppo_allreduce_reaches_475(tmp_path):
-    """"Reaches within its step budget": constant-lr PPO's greedy return still swings between ~120 and
-    500 from one evaluation to the next at 2,000-3,000 updates (docs/tasks/rl.md), so this checks the
-    best evaluation (every 100 updates), as bench/ppo_vs_sb3.py does; seeds 0-2 first reach it at 300-1,000."""
-    train(tmp_path, "--task", "cartpole-ppo", "--strategy", "allreduce", "--workers", "2", "--seed", "0",
-          "--steps", "2000", "--set", "eval_every=100")
-    assert best_eval(tmp_path) >= 475
-
-
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("strategy", ["gossip", "ps-async"])
-def test_cartpole_ppo_decentralized_and_async_reach_300(tmp_path, strategy):
-    """The same "reaches" rule, evaluated every 250 updates: gossip's greedy return swings too."""
-    train(tmp_path, "--task", "cartpole-ppo", "--strategy", strategy, "--workers", "2",
-          "--steps", "1500", "--set", "eval_every=250")
-    assert best_eval(tmp_path) >= 300
+def test_cartpole_ppo_decentralized_and_async_final_policy_reaches_300(tmp_path, strategy):
+    """The same final-model rule at a smaller budget: gossip's replicas differ, ps-async's gradients are stale."""
+    summary = train(tmp_path, "--task", "cartpole-ppo", "--strategy", strategy, "--workers", "2",
+                    "--steps", "1500", "--set", "eval_every=0")
+    assert summary["metrics"]["eval_return"] >= 300
 
 
 # -- cartpole-dqn ------------------------------------------------------------------------------------
@@ -56,24 +56,27 @@ def test_cartpole_dqn_reaches_400(tmp_path):
 
 # -- allreduce PPO ≡ single-process PPO on the concatenated rollout ---------------------------------------
 PARITY = {"n_steps": 16, "envs_per_worker": 2, "epochs": 2, "minibatches": 2, "normalize_obs": False,
-          "normalize_advantage": False, "max_grad_norm": 0.0}
+          "normalize_advantage": False}
 PARITY_STEPS, PARITY_LR = 8, 0.05  # two rollouts: the second is collected with the synced model
+PARITY_RULE = UpdateRule(max_grad_norm=0.5, lr_schedule="linear")  # clip the averaged gradient, decay lr
 
 
 def concatenated_reference() -> dict:
-    """One process, one model: each step's loss is PPO's on both workers' minibatches concatenated."""
+    """One process, one model: each step's loss is PPO's on both workers' minibatches concatenated,
+    clipped and scheduled by the same update rule."""
     cls = task_class("acrobot-ppo")
     tasks = [build_task(cls.Config(**PARITY), worker_rank=r, num_workers=2, seed=0) for r in range(2)]
     torch.manual_seed(0)
     model = tasks[0].build_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=PARITY_LR)
+    update = PARITY_RULE.build(optimizer, PARITY_STEPS)
     for step in range(PARITY_STEPS):
         parts = [t.minibatch(model, step) for t in tasks]
         assert len(parts[0]["obs"]) == len(parts[1]["obs"])  # Acrobot never ends inside 16 steps
         batch = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         optimizer.zero_grad()
         ppo_loss(model, batch, clip=0.2, vf_coef=0.5, ent_coef=0.0, normalize_advantage=False).backward()
-        optimizer.step()
+        assert update()
     return model.state_dict()
 
 
@@ -82,7 +85,8 @@ def test_allreduce_ppo_equals_single_process_on_concatenated_rollout(tmp_path):
     overrides = [arg for k, v in PARITY.items() for arg in ("--set", f"task.{k}={v}")]
     train(tmp_path, "--task", "acrobot-ppo", "--strategy", "allreduce", "--workers", "2",
           "--steps", str(PARITY_STEPS), "--set", "eval_every=0", "--set", "optimizer.name=sgd",
-          "--set", f"optimizer.lr={PARITY_LR}", "--set", "task.eval_episodes=1", *overrides)
+          "--set", f"optimizer.lr={PARITY_LR}", "--set", f"optimizer.max_grad_norm={PARITY_RULE.max_grad_norm}",
+          "--set", f"optimizer.lr_schedule={PARITY_RULE.lr_schedule}", "--set", "task.eval_episodes=1", *overrides)
     trained = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["model"]
     reference = concatenated_reference()
     for name, value in reference.items():

@@ -1,5 +1,7 @@
-"""Actors: a policy or Q head on a perceiver, plus exploration (ε-greedy, sampling) and a
-deterministic mode for evaluation."""
+"""Actors: a policy or Q head on a perceiver, plus exploration (ε-greedy, sampling).
+
+Evaluation acts greedily on the output of ``forward`` alone (``RLTask.greedy``), so nothing here
+has an evaluation mode of its own."""
 from __future__ import annotations
 
 import dataclasses
@@ -73,13 +75,8 @@ class ActorCritic(nn.Module):
         return self.value_head(self.value(obs)).squeeze(-1)
 
     @torch.no_grad()
-    def act(self, obs: torch.Tensor, generator: torch.Generator | None = None, deterministic: bool = False
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Actions (sampled, or the most likely when ``deterministic``) and their log-probabilities."""
-        logits = self.logits_head(self.policy(obs))
-        logp_all = torch.log_softmax(logits, -1)
-        if deterministic:
-            actions = logits.argmax(-1)
-        else:
-            actions = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(-1)
+    def act(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Actions sampled from the policy (with ``generator``, on the model's device) and their log-probabilities."""
+        logp_all = torch.log_softmax(self.logits_head(self.policy(obs)), -1)
+        actions = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(-1)
         return actions, logp_all.gather(-1, actions[:, None]).squeeze(-1)

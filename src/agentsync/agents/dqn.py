@@ -46,10 +46,14 @@ class NStepAccumulator:
 
 
 class ReplayBuffer:
-    """A ring buffer of transitions; ``terminated`` (not truncation) cuts the bootstrap."""
+    """A ring buffer of transitions; ``terminated`` (not truncation) cuts the bootstrap.
 
-    def __init__(self, capacity: int) -> None:
+    Kept in numpy on the CPU; sampled batches are moved to ``device`` (the learner's).
+    """
+
+    def __init__(self, capacity: int, device: torch.device | str = "cpu") -> None:
         self.capacity, self.size, self.pos = capacity, 0, 0
+        self.device = torch.device(device)
         self.data: dict[str, np.ndarray] = {}
 
     def add(self, batch: dict[str, np.ndarray]) -> None:
@@ -65,7 +69,7 @@ class ReplayBuffer:
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         idx = rng.integers(self.size, size=batch_size)
-        return {k: torch.as_tensor(v[idx]) for k, v in self.data.items()}
+        return {k: torch.as_tensor(v[idx], device=self.device) for k, v in self.data.items()}
 
 
 def dqn_loss(q: nn.Module, target: nn.Module, batch: dict[str, torch.Tensor], gamma: float,

@@ -67,7 +67,7 @@ class CartPoleDQN(RLTask):
 
     def __init__(self, config: DQNConfig, **kwargs) -> None:
         super().__init__(config, **kwargs)
-        self.buffer = ReplayBuffer(config.buffer_size)
+        self.buffer = ReplayBuffer(config.buffer_size, device=self.device)
         self.n_step = NStepAccumulator(config.n_step, config.gamma, config.envs_per_worker)
         self.epsilon = config.schedule()
         self.target: nn.Module | None = None
@@ -77,9 +77,6 @@ class CartPoleDQN(RLTask):
     def build_model(self) -> nn.Module:
         c, obs_size = self.config, int(np.prod(self.observation_space.shape))
         return QNetwork(MLPPerceiver(obs_size, [c.hidden, c.hidden], "relu"), int(self.action_space.n))
-
-    def greedy(self, model: nn.Module, obs: np.ndarray) -> np.ndarray:
-        return model(self.obs_tensor(obs).float()).argmax(-1).numpy()
 
     @torch.no_grad()
     def explore(self, model: nn.Module, vector_steps: int, epsilon: float) -> None:

@@ -41,9 +41,6 @@ class FrozenLakeQ(RLTask):
     def build_model(self) -> nn.Module:
         return QTable(int(self.observation_space.n), int(self.action_space.n))
 
-    def greedy(self, model: nn.Module, obs):
-        return model(self.obs_tensor(obs)).argmax(-1).numpy()
-
     def loss(self, model: nn.Module, step: int) -> tuple[torch.Tensor, int]:
         eps = self.epsilon(step)
         with torch.no_grad():

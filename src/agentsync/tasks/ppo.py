@@ -25,7 +25,7 @@ class PPOConfig(RLConfig):
     name: str = "cartpole-ppo"
     n_steps: int = 32
     """Vector steps per rollout (a rollout holds n_steps × envs_per_worker transitions)."""
-    epochs: int = 10
+    epochs: int = 20
     """Passes over each rollout."""
     minibatches: int = 1
     """Minibatches per pass; each is one runtime step."""
@@ -79,14 +79,18 @@ class AcrobotPPOConfig(PPOConfig):
 
 
 class PPOTask(RLTask):
-    """PPO with GAE, clipped surrogate, value loss, entropy bonus, minibatch epochs, gradient clipping."""
+    """PPO with GAE, clipped surrogate, value loss, entropy bonus, minibatch epochs.
+
+    Gradient clipping (0.5) and the learning rate's linear decay to 0 are the default optimizer's:
+    the decay is what lets the run end on a settled policy (docs/tasks/rl.md).
+    """
 
     Config = PPOConfig
     description = "PPO on CartPole-v1 (eval_return, max 500)"
     env_id = "CartPole-v1"
-    default_steps = 3000
-    default_eval_every = 200
-    default_optimizer = OptimizerConfig(name="adam", lr=1e-3, max_grad_norm=0.5)
+    default_steps = 4000
+    default_eval_every = 500
+    default_optimizer = OptimizerConfig(name="adam", lr=1e-3, max_grad_norm=0.5, lr_schedule="linear")
 
     def __init__(self, config: PPOConfig, **kwargs) -> None:
         super().__init__(config, **kwargs)
@@ -102,12 +106,12 @@ class PPOTask(RLTask):
         make = lambda: MLPPerceiver(obs_size, [c.hidden, c.hidden], c.activation, c.normalize_obs)  # noqa: E731
         return ActorCritic(make(), make(), int(self.action_space.n))
 
-    def greedy(self, model: nn.Module, obs: np.ndarray) -> np.ndarray:
-        logits, _ = model(self.obs_tensor(obs).float())  # forward only: an ensemble of actor-critics works too
-        return logits.argmax(-1).cpu().numpy()
+    def action_scores(self, output: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Greedy acts on the logits of forward's (logits, values)."""
+        return output[0]
 
     def policy(self, model: ActorCritic):
-        return lambda obs: (model.act(self.obs_tensor(obs).float(), self.generator)[0].numpy(), {})
+        return lambda obs: (model.act(self.obs_tensor(obs).float(), self.generator)[0].cpu().numpy(), {})
 
     @torch.no_grad()
     def collect(self, model: ActorCritic) -> None:
@@ -123,7 +127,7 @@ class PPOTask(RLTask):
             for perceiver in (model.policy, model.value):
                 perceiver.norm.update_(flat)
         shape = steps.rewards.shape
-        value = lambda x: model.values(self.obs_tensor(x.reshape(-1, *x.shape[2:])).float()).numpy().reshape(shape)  # noqa: E731
+        value = lambda x: model.values(self.obs_tensor(x.reshape(-1, *x.shape[2:])).float()).cpu().numpy().reshape(shape)  # noqa: E731
         advantages, returns = gae(steps, value(steps.obs), value(steps.next_obs), c.gamma, c.gae_lambda)
         steps.extras.update(advantages=advantages, returns=returns)
         self.rollout = {k: self.obs_tensor(v) for k, v in steps.transitions().items()}
@@ -137,7 +141,7 @@ class PPOTask(RLTask):
         """The batch of runtime step ``step``: collects a new rollout at the start of each cycle."""
         if step % self.updates_per_rollout == 0 or not self.rollout:
             self.collect(model)
-        idx = torch.as_tensor(self.minibatch_index[step % self.updates_per_rollout])
+        idx = torch.as_tensor(self.minibatch_index[step % self.updates_per_rollout], device=self.device)
         batch = {k: v[idx] for k, v in self.rollout.items()}
         batch["obs"] = batch["obs"].float()
         return batch
@@ -158,4 +162,4 @@ class AcrobotPPO(PPOTask):
     env_id = "Acrobot-v1"
     default_steps = 3000
     default_eval_every = 500
-    default_optimizer = OptimizerConfig(name="adam", lr=1e-3, max_grad_norm=0.5)
+    default_optimizer = OptimizerConfig(name="adam", lr=1e-3, max_grad_norm=0.5, lr_schedule="linear")

@@ -75,7 +75,8 @@ class RLTask(Task):
         super().__init__(config, **kwargs)
         self._collector: Collector | None = None
         self.rng = np.random.default_rng([self.seed, self.worker_rank])
-        self.generator = torch.Generator().manual_seed(self.seed * 1000 + self.worker_rank)
+        self.generator = torch.Generator(self.device).manual_seed(self.seed * 1000 + self.worker_rank)
+        """Action sampling's random stream, on the model's device (where the probabilities are)."""
         spec = make_vec_env(self.env_id, 1, 0, **self.env_kwargs)
         self.observation_space, self.action_space = spec.single_observation_space, spec.single_action_space
         spec.close()
@@ -93,9 +94,18 @@ class RLTask(Task):
     def obs_tensor(self, obs: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(obs, device=self.device)
 
+    def action_scores(self, output) -> torch.Tensor:
+        """The per-action scores (Q-values, logits) in the output of the model's forward."""
+        return output
+
+    @torch.no_grad()
     def greedy(self, model: nn.Module, obs: np.ndarray) -> np.ndarray:
-        """The deterministic action of ``model`` for each observation (evaluation mode)."""
-        raise NotImplementedError
+        """The highest-scoring action of ``model`` for each observation (evaluation mode).
+
+        Only ``model(obs)`` is called, so any module with the task model's forward can be evaluated:
+        an ensemble whose forward averages its members' outputs acts as one policy.
+        """
+        return self.action_scores(model(self.obs_tensor(obs))).argmax(-1).cpu().numpy()
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
