@@ -49,3 +49,16 @@ def test_the_servers_learning_rate_horizon_is_the_updates_they_make(name, horizo
     strategy = strategy_class(name)(strategy_class(name).Config(name=name), Comm(2, 3, CommConfig()), num_workers=2)
     strategy.max_steps = 50
     assert strategy.server_updates() == horizon
+
+
+@pytest.mark.timeout(300)
+def test_asynchronous_servers_with_one_worker_equal_no_sync(tmp_path):
+    """With W = 1 nobody else pushes: ps-async and ssp apply exactly the worker's own gradients,
+    in order, with the same optimizer — the run equals `none` (clipping included)."""
+    args = ["--workers", "1", "--steps", "20", *PLAIN_SGD, *CLIP]
+    train(tmp_path / "none", "--strategy", "none", *args)
+    reference = final_model(tmp_path / "none")
+    for strategy in ("ps-async", "ssp"):
+        train(tmp_path / strategy, "--strategy", strategy, *args)
+        ours = final_model(tmp_path / strategy)
+        assert max((ours[k] - reference[k]).abs().max().item() for k in reference) < 1e-6, strategy
