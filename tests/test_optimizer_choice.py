@@ -45,10 +45,11 @@ def test_a_task_tuned_for_the_same_family_keeps_its_lr():
 
 
 def test_step_fields_come_from_the_task_unless_the_user_sets_them():
-    assert resolved("cartpole-ppo", "diloco") == full(name="adamw", lr=1e-3, weight_decay=0.01, max_grad_norm=0.5)
+    assert resolved("cartpole-ppo", "diloco") == full(name="adamw", lr=1e-3, weight_decay=0.01, max_grad_norm=0.5,
+                                                      lr_schedule="linear")
     assert resolved("cartpole-dqn", "diloco", "optimizer.name=sgd", "optimizer.lr_schedule=linear") == full(
         name="sgd", lr=1e-3, max_grad_norm=10.0, lr_schedule="linear")
-    assert resolved("cartpole-ppo", "diloco", "optimizer.max_grad_norm=0") == full(
+    assert resolved("cartpole-ppo", "diloco", "optimizer.max_grad_norm=0", "optimizer.lr_schedule=constant") == full(
         name="adamw", lr=1e-3, weight_decay=0.01)
 
 

@@ -90,14 +90,15 @@ def test_ssp_never_exceeds_its_staleness_bound(async_runs):
 
 @pytest.mark.timeout(300)
 def test_a_straggler_makes_ps_async_staleness_grow(async_runs):
-    """While the fast ranks run, each push of the slow rank 2 (30 ms per step) lands after several
-    of theirs: the histogram grows a tail past anything the calm run records, at least twice its
-    maximum. (Once the fast ranks finish their budget the straggler runs alone at staleness 0,
-    so the mean is not the signal.)"""
+    """While the fast ranks run, each push of the slow rank 2 (30 ms asleep per step) lands after
+    every update the two fast ranks made meanwhile: at least 2 each even if a loaded machine slowed
+    their steps to 15 ms, so staleness >= 4 on several pushes. The bound does not depend on how
+    calm another run happened to be. (Once the fast ranks finish their budget the straggler runs
+    alone at staleness 0, so the mean is not the signal.)"""
     calm, slow = async_runs["ps-async"][1]["staleness"], async_runs["ps-async-straggler"][1]["staleness"]
     assert sum(calm["histogram"].values()) == 3 * 200
-    assert slow["max"] >= 2 * calm["max"]
-    assert sum(n for k, n in slow["histogram"].items() if int(k) > calm["max"]) >= 5
+    assert slow["max"] >= 4
+    assert sum(n for k, n in slow["histogram"].items() if int(k) >= 4) >= 3
 
 
 @pytest.mark.timeout(240)

@@ -79,11 +79,27 @@ class Study:
         return [Cell(s, w, seed) for s in self.strategies for w in self.workers for seed in range(self.seeds)]
 
     def config(self, cell: Cell) -> RunConfig:
-        """The cell's resolved config; raises ConfigError on bad input (checked before anything runs)."""
+        """The cell's resolved config; raises ConfigError on bad input (checked before anything runs).
+
+        A straggler or fault is about one rank: it applies to the cells that have that worker and
+        is left out of smaller ones (a study over W = 1, 2 with a slow rank 1 runs W = 1 without it).
+        """
         flags = {"task.name": self.task, "strategy.name": cell.strategy.name, "workers": cell.workers,
                  "seed": cell.seed, "steps": self.steps, "comm.net": self.net or None,
-                 "comm.straggler": self.straggler or None}
-        return load_config(None, flags=flags, overrides=[*self.overrides, *cell.strategy.overrides])
+                 "comm.straggler": ranks_below(self.straggler, cell.workers) or None}
+        overrides = [ranks_below_override(item, cell.workers) for item in self.overrides]
+        return load_config(None, flags=flags, overrides=[*overrides, *cell.strategy.overrides])
+
+
+def ranks_below(spec: str, workers: int) -> str:
+    """``"1:0.05,3:0.1"`` with 2 workers -> ``"1:0.05"``: the entries about ranks this cell has."""
+    items = [item.strip() for item in spec.split(",") if item.strip()]
+    return ",".join(item for item in items if not item.split(":")[0].isdigit() or int(item.split(":")[0]) < workers)
+
+
+def ranks_below_override(item: str, workers: int) -> str:
+    key, sep, value = item.partition("=")
+    return f"{key}={ranks_below(value, workers)}" if sep and key.strip() in ("comm.fault", "comm.straggler") else item
 
 
 def is_finished(run_dir: Path) -> bool:
