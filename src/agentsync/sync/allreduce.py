@@ -52,12 +52,15 @@ class Bucket:
         self.pending = len(params)
         self.work: Work | None = None
 
-    def mark_ready(self, i: int) -> None:
-        """Parameter ``i``'s gradient is complete: make sure it lives in the bucket."""
+    def mark_ready(self, i: int, world_size: int) -> None:
+        """Parameter ``i``'s gradient is complete: make sure it lives in the bucket, divided by W
+        (in the same pass as the copy, as DDP's reducer does) so the sum all-reduce averages."""
         param, view = self.params[i], self.views[i]
         if param.grad.data_ptr() != view.data_ptr():
-            view.copy_(param.grad)
+            torch.div(param.grad, world_size, out=view)
             param.grad = view
+        else:
+            view.div_(world_size)
         self.ready[i] = True
         self.pending -= 1
 
@@ -114,7 +117,7 @@ class AllReduce(Strategy):
             self._in_backward = True
             torch.autograd.Variable._execution_engine.queue_callback(self._reduce_all)
         bucket, i = self._bucket_of[id(param)]
-        bucket.mark_ready(i)
+        bucket.mark_ready(i, self.num_workers)
         self._launch_ready()
 
     def _launch_ready(self, force: bool = False) -> None:
@@ -125,7 +128,6 @@ class AllReduce(Strategy):
                 return
             if bucket.pending:
                 bucket.fill_unready_()
-            bucket.buffer.div_(self.num_workers)
             bucket.work = self.comm.all_reduce_async(bucket.buffer)
             self._next += 1
 
