@@ -17,17 +17,20 @@ def final_model(run_dir) -> dict:
     return torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
 
 
-def single_process_reference(workers: int) -> dict:
-    """One process, plain SGD, on the concatenation of every worker's batch at each step."""
+def single_process_reference(workers: int, steps: int = STEPS, max_norm: float = 0.0) -> dict:
+    """One process, plain SGD, on the concatenation of every worker's batch at each step;
+    ``max_norm`` clips the mean gradient (what allreduce with optimizer.max_grad_norm must equal)."""
     tasks = [Digits(DigitsConfig(), worker_rank=r, num_workers=workers, seed=0) for r in range(workers)]
     torch.manual_seed(0)
     model = tasks[0].build_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
-    for step in range(STEPS):
+    for step in range(steps):
         batches = [t.batch(step) for t in tasks]
         x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
         optimizer.zero_grad()
         torch.nn.functional.cross_entropy(model(x), y).backward()
+        if max_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
         optimizer.step()
     return model.state_dict()
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from agentsync.checkpoint import from_bytes
-from agentsync.tasks.digits import Digits, DigitsConfig
 from conftest import ENV, ROOT, agentsync, read_jsonl, train
+from test_allreduce import single_process_reference
 
 STEPS, LR, CLIP = 30, 0.05, 0.1
 PLAIN_SGD = ["--set", "optimizer.name=sgd", "--set", f"optimizer.lr={LR}", "--set", "optimizer.momentum=0"]
@@ -56,22 +56,6 @@ def rank_models(run_dir) -> list[dict]:
     return [r["state"]["model"] for r in sorted(ranks, key=lambda r: r["rank"])]
 
 
-def clipped_single_process(workers: int, max_norm: float) -> dict:
-    """One process on the concatenated batch, clipping the mean gradient, plain SGD."""
-    tasks = [Digits(DigitsConfig(), worker_rank=r, num_workers=workers, seed=0) for r in range(workers)]
-    torch.manual_seed(0)
-    model = tasks[0].build_model()
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
-    for step in range(STEPS):
-        batches = [t.batch(step) for t in tasks]
-        x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-        optimizer.step()
-    return model.state_dict()
-
-
 def max_difference(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
@@ -81,7 +65,7 @@ def test_cli_clipping_under_allreduce_clips_the_mean_gradient(tmp_path):
     clipped = train(tmp_path / "clip", "--steps", str(STEPS), *PLAIN_SGD, "--set", f"optimizer.max_grad_norm={CLIP}")
     train(tmp_path / "free", "--steps", str(STEPS), *PLAIN_SGD)
     ours = final_model(tmp_path / "clip")
-    assert max_difference(ours, clipped_single_process(2, CLIP)) < 1e-5
+    assert max_difference(ours, single_process_reference(2, STEPS, CLIP)) < 1e-5
     assert max_difference(ours, final_model(tmp_path / "free")) > 1e-3  # the option changes the result
     assert clipped["nonfinite_skipped"] == 0
 
