@@ -6,7 +6,9 @@ Each of W processes (gloo, 127.0.0.1, one thread each) alternates rounds of DDP 
 DDP with ``gradient_as_bucket_view=True`` and agentsync on identical copies of a 1.06M-parameter
 MLP, so all see the same machine load; rank 0 prints JSON with the median per-step times and
 the median of per-round ratios (agentsync / DDP). The loop is the one a DDP user writes:
-``zero_grad(); loss.backward(); step``. agentsync's step also checks the gradient is finite.
+``zero_grad(); loss.backward(); step``. agentsync's default step also checks that the gradient is
+finite (one pass over it, which DDP does not make); ``ours_unchecked`` runs with
+``optimizer.skip_nonfinite`` off, the same work as DDP's step.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import agentsync
 from agentsync.comm import free_port
+from agentsync.update import UpdateRule
 
 
 def make_model() -> torch.nn.Module:
@@ -53,11 +56,12 @@ def worker(rank: int, world: int, port: int, args, queue) -> None:
         model = DistributedDataParallel(make_model(), gradient_as_bucket_view=as_view)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
         contenders[name] = (model, optimizer, optimizer.step)
-    ours_model = make_model()
-    ours_opt = torch.optim.SGD(ours_model.parameters(), lr=0.01)
-    sync = agentsync.make_strategy("allreduce")
-    sync.setup(ours_model, ours_opt)
-    contenders["ours"] = (ours_model, ours_opt, sync.step)
+    for name, rule in (("ours", UpdateRule()), ("ours_unchecked", UpdateRule(skip_nonfinite=False))):
+        model = make_model()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        sync = agentsync.make_strategy("allreduce")
+        sync.setup(model, optimizer, rule)
+        contenders[name] = (model, optimizer, sync.step)
 
     for forward, optimizer, step in contenders.values():  # warm-up
         timed_steps(forward, optimizer, step, batches[:3])
@@ -70,8 +74,9 @@ def worker(rank: int, world: int, port: int, args, queue) -> None:
             times[name] = timed_steps(*contenders[name], batches)
         rounds.append(times)
     if rank == 0:
-        params = sum(p.numel() for p in ours_model.parameters())
+        params = sum(p.numel() for p in model.parameters())
         ratios = {peer: [t["ours"] / t[peer] for t in rounds] for peer in ("ddp", "ddp_bucket_view")}
+        unchecked = [t["ours_unchecked"] / t["ddp"] for t in rounds]
         queue.put({
             "benchmark": "allreduce_vs_ddp", "workers": world, "parameters": params, "batch": args.batch,
             "rounds": args.rounds, "steps_per_round": args.steps,
@@ -79,6 +84,7 @@ def worker(rank: int, world: int, port: int, args, queue) -> None:
             "ratio_median": statistics.median(ratios["ddp"]), "ratio_min": min(ratios["ddp"]),
             "ratio_max": max(ratios["ddp"]),
             "ratio_vs_bucket_view_median": statistics.median(ratios["ddp_bucket_view"]),
+            "ratio_unchecked_median": statistics.median(unchecked),
             "agentsync_bytes_sent_per_step": sync.stats["bytes_sent"] / sync.stats["steps"],
         })
     agentsync.shutdown()

@@ -107,3 +107,20 @@ def test_resume_continues_every_cumulative_counter(tmp_path):
     sent = [e["bytes_sent"] for e in read_jsonl(tmp_path / "split" / "metrics.jsonl")
             if e["event"] == "train" and e["rank"] == 0]
     assert sent == sorted(sent) and len(sent) == 6  # cumulative across the resume, never restarting
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_skip_nonfinite_decides_whether_a_nan_gradient_reaches_the_parameters(skip):
+    """``optimizer.skip_nonfinite`` (on by default) skips and counts the step; off, the step goes
+    ahead as under DDP and the NaN lands in the parameters."""
+    from agentsync.update import UpdateRule
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    model(torch.tensor([[float("nan"), 1.0, 2.0]])).sum().backward()
+    update = UpdateRule(skip_nonfinite=skip).build(optimizer)
+    assert update() is not skip and update.skipped == int(skip) and update.count == 1
+    changed = [not torch.equal(b, p) for b, p in zip(before, model.parameters())]
+    assert changed == [not skip, not skip]
+    assert torch.isnan(model.weight).any().item() is not skip

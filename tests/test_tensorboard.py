@@ -76,3 +76,13 @@ def test_a_run_writes_each_ranks_scalars_equal_to_metrics_jsonl(tmp_path):
 def test_a_rank_that_logs_nothing_adds_no_tensorboard_run(tmp_path):
     MetricsLog(tmp_path, 2, time.time()).close()  # a parameter server's log: opened, never written
     assert not (tmp_path / "tb" / "rank-2").exists()
+
+
+def test_tensorboard_is_loaded_before_the_training_loop_starts(tmp_path):
+    """Importing TensorBoard takes ~0.1 s; at the first event it would land inside the loop's clock
+    (step_time_s of a 30-step run read 3 ms high). The log loads it when it is opened."""
+    script = (f"import sys, time; from agentsync.metrics import MetricsLog\n"
+              f"assert 'torch.utils.tensorboard' not in sys.modules\n"
+              f"log = MetricsLog({str(tmp_path)!r}, 0, time.time())\n"
+              f"assert 'torch.utils.tensorboard' in sys.modules\n")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120, cwd=ROOT)

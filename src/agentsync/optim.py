@@ -28,11 +28,14 @@ class OptimizerConfig(Options):
     """Clip the global norm of the gradient the optimizer uses to this (default: the task's, else 0: off)."""
     lr_schedule: str | None = None
     """constant, or linear: decay the learning rate to 0 over the run (default: the task's, else constant)."""
+    skip_nonfinite: bool | None = None
+    """Skip (and count) an update whose gradient holds a NaN or inf (default: on). The check is one
+    pass over the gradient; off, a step without clipping does no more than DDP's."""
 
     def merged(self, defaults: "OptimizerConfig") -> "OptimizerConfig":
         """Unset fields taken from ``defaults``, then from plain zeros."""
         out = OptimizerConfig(momentum=0.0, weight_decay=0.0, nesterov=False, max_grad_norm=0.0,
-                              lr_schedule="constant")
+                              lr_schedule="constant", skip_nonfinite=True)
         for source in (defaults, self):
             for f in dataclasses.fields(self):
                 if getattr(source, f.name) is not None:
@@ -51,7 +54,8 @@ class OptimizerConfig(Options):
 
     def update_rule(self) -> UpdateRule:
         """What the strategy does between the synchronized gradient and the step (the step contract)."""
-        return UpdateRule(max_grad_norm=self.max_grad_norm, lr_schedule=self.lr_schedule)
+        return UpdateRule(max_grad_norm=self.max_grad_norm, lr_schedule=self.lr_schedule,
+                          skip_nonfinite=self.skip_nonfinite)
 
     def build(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
         if self.name == "sgd":

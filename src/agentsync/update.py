@@ -4,7 +4,7 @@ Every strategy ends a step that updates parameters here, wherever its optimizer 
 worker (``allreduce`` on the averaged gradient; ``none``, ``gossip``, ``local-sgd``, ``diloco``,
 ``ensemble`` and ``easgd`` on the local one) or on the servers' shards (``ps-*``). In order:
 
-1. the gradient's global norm is computed once;
+1. the gradient's global norm is computed once (where clipping or the non-finite check needs it);
 2. a non-finite norm (NaN or inf anywhere) skips the update and is counted — under ``allreduce``
    every rank sees the same averaged gradient, so every rank skips the same step;
 3. the gradient is clipped to ``max_grad_norm`` with that norm (``clip_grad_norm_``'s rule);
@@ -46,6 +46,8 @@ class UpdateRule:
     """Clip the global gradient norm to this before the step (0: no clipping)."""
     lr_schedule: str = "constant"
     """constant, or linear: the learning rate decays to 0 over the run's updates (RL Zoo's schedule)."""
+    skip_nonfinite: bool = True
+    """Skip (and count) an update whose gradient is not finite; off, the step always goes ahead."""
 
     def build(self, optimizer: torch.optim.Optimizer, total_updates: int | None = None, *,
               total_norm: Norm = local_norm) -> "Update":
@@ -86,15 +88,16 @@ class Update:
     @torch.no_grad()
     def __call__(self) -> bool:
         """Apply one update; False (and nothing changed) when the gradient is not finite."""
-        params = self.params
-        norm = self.total_norm([p.grad for p in params])
         factor = self.lr_factor()
         self.count += 1
-        if not torch.isfinite(norm):
-            self.skipped += 1
-            return False
-        if self.rule.max_grad_norm:
-            torch.nn.utils.clip_grads_with_norm_(params, self.rule.max_grad_norm, norm)
+        if self.rule.skip_nonfinite or self.rule.max_grad_norm:
+            params = self.params
+            norm = self.total_norm([p.grad for p in params])
+            if self.rule.skip_nonfinite and not torch.isfinite(norm):
+                self.skipped += 1
+                return False
+            if self.rule.max_grad_norm:
+                torch.nn.utils.clip_grads_with_norm_(params, self.rule.max_grad_norm, norm)
         if self.rule.lr_schedule != "constant":
             for group in self.optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * factor
