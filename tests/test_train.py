@@ -106,6 +106,19 @@ def test_torchrun_launcher_matches_local_launcher(tmp_path, local_run):
 
 
 @pytest.mark.timeout(240)
+def test_torchrun_parameter_server_run_is_reported_once_by_the_rank_that_wrote_it(tmp_path):
+    """Under ``ps-*`` server 0 (rank W) writes the summary: it prints the table, after writing it,
+    and worker 0 does not print (it could race ahead of the file, or show a resumed run's old one)."""
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "3",
+                             "-m", "agentsync", "train", "--launcher", "torchrun", "--out", str(tmp_path / "ps"),
+                             "--task", "digits", "--strategy", "ps-sync", "--workers", "2", "--steps", "20"],
+                            capture_output=True, text=True, timeout=180, env=ENV, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("run folder:") == 1 and "2 workers · 20 steps" in result.stdout, result.stdout
+    assert json.loads((tmp_path / "ps" / "summary.json").read_text())["steps"] == 20
+
+
+@pytest.mark.timeout(240)
 def test_ray_launcher_matches_local_launcher(tmp_path, local_run):
     """One Ray task per rank on a local Ray instance bound to 127.0.0.1."""
     assert_same_run(train(tmp_path / "ray", "--launcher", "ray", *LAUNCHER_ARGS), local_run)

@@ -32,11 +32,16 @@ ProgressFactory = Callable[[int, int], Progress]  # (total_steps, start_step) ->
 
 
 def run_worker(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
-               progress: ProgressFactory | None = None, comm: Comm | None = None) -> None:
-    """Run this rank to the end; joins the job from the torchrun-style environment unless given ``comm``."""
+               progress: ProgressFactory | None = None, comm: Comm | None = None) -> bool:
+    """Run this rank to the end; joins the job from the torchrun-style environment unless given ``comm``.
+
+    Returns True on the rank that wrote the summary (worker 0, or server 0 under ``ps-*``).
+    """
     comm = comm or Comm.from_env(cfg.comm)
     try:
-        Worker(cfg, Path(run_dir), comm, resume=resume, progress=progress).run()
+        worker = Worker(cfg, Path(run_dir), comm, resume=resume, progress=progress)
+        worker.run()
+        return worker.strategy.is_reporter
     finally:
         comm.close()
 

@@ -33,5 +33,4 @@ def launch_torchrun(cfg: RunConfig, *, resume: bool, progress: ProgressFactory |
         if comm.rank == 0:
             prepare_run_dir(cfg, resume=resume, announce=announce)
         comm.barrier()
-    run_worker(cfg, cfg.out, resume=resume, progress=progress, comm=comm)
-    return comm.rank == 0
+    return run_worker(cfg, cfg.out, resume=resume, progress=progress, comm=comm)
