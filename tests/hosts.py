@@ -14,6 +14,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+import psutil
+
 
 def ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
@@ -42,8 +44,11 @@ class Host:
 class Hosts:
     """``count`` hosts on subnet 10.``subnet``.0.0/24; a context manager that removes them again."""
 
+    made = 0  # instances so far in this process: each gets its own names
+
     def __init__(self, count: int, subnet: int = 213) -> None:
-        self.tag = f"as{os.getpid() % 100000}"
+        Hosts.made += 1
+        self.tag = f"as{os.getpid() % 10000}x{Hosts.made % 100}"
         self.bridge = f"br-{self.tag}"
         self.hosts = [Host(f"{self.tag}-h{i}", f"10.{subnet}.0.{i + 1}") for i in range(count)]
 
@@ -68,13 +73,19 @@ class Hosts:
         return self.hosts
 
     def __exit__(self, *exc) -> None:
-        """Kill what still runs in the hosts, then delete them (their veth ends go with them)."""
-        for host in self.hosts:
+        """Kill what still runs in the hosts and wait for it to die (a namespace lives on while a
+        process holds it), then delete the namespaces, veth pairs and bridge."""
+        for i, host in enumerate(self.hosts):
             pids = subprocess.run(["ip", "netns", "pids", host.namespace], capture_output=True, text=True).stdout
+            procs = []
             for pid in pids.split():
                 try:
-                    os.kill(int(pid), 9)
-                except ProcessLookupError:
+                    proc = psutil.Process(int(pid))
+                    proc.kill()
+                    procs.append(proc)
+                except psutil.Error:
                     pass
+            psutil.wait_procs(procs, timeout=10)
             subprocess.run(["ip", "netns", "del", host.namespace], capture_output=True)
+            subprocess.run(["ip", "link", "del", f"v{self.tag}{i}"], capture_output=True)
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)

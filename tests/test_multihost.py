@@ -1,9 +1,14 @@
-"""Two machines for real: torchrun agents in two network namespaces, one per host (tests/hosts.py)."""
+"""Two machines for real: torchrun agents, and a Ray cluster, in two network namespaces (tests/hosts.py)."""
 from __future__ import annotations
 
 import json
+import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,13 +16,13 @@ import torch
 from conftest import ENV, ROOT, train
 from hosts import Hosts, unavailable
 
-pytestmark = pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))
-
 JOB = ["--task", "digits", "--workers", "4", "--steps", "30", "--seed", "3"]
 
 
 @pytest.fixture
 def hosts():
+    if unavailable():
+        pytest.skip(unavailable())
     with Hosts(2) as made:
         yield made
 
@@ -51,3 +56,67 @@ def test_torchrun_over_two_hosts_equals_the_local_launcher(hosts, tmp_path):
     ours, local = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True)["model"] for d in ("two-hosts", "local"))
     for key, value in local.items():
         assert torch.allclose(ours[key], value, atol=1e-6, rtol=0), key
+
+
+@pytest.fixture
+def ray_cluster(hosts, tmp_path):
+    """A Ray head on the first host and a node on the second, each started from its own working
+    directory, with token authentication; yields the environment a driver on the head needs."""
+    ray = str(Path(sys.executable).with_name("ray"))
+    temp = tempfile.mkdtemp(prefix="asray-")  # short: Ray's unix sockets live under it
+    env = {**ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    head, node = hosts
+    common = ["--num-cpus", "2", "--disable-usage-stats", "--temp-dir", temp]
+    for host, args in ((head, ["--head", "--port", "6379", "--include-dashboard", "false"]),
+                       (node, ["--address", f"{head.address}:6379"])):
+        workdir = tmp_path / f"wd-{host.address}"
+        workdir.mkdir()
+        subprocess.run(host.command(ray, "start", "--node-ip-address", host.address, *args, *common),
+                       check=True, capture_output=True, timeout=120, cwd=workdir, env=env)
+    try:
+        yield {**env, "RAY_ADDRESS": f"{head.address}:6379"}
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)  # the hosts' teardown kills Ray's processes
+
+
+def ray_driver(host, env, out, *args):
+    return subprocess.run(host.command(sys.executable, "-m", "agentsync", "train", "--launcher", "ray", "--out", str(out),
+                                       *args), capture_output=True, text=True, timeout=240, cwd=out.parent, env=env)
+
+
+@pytest.mark.timeout(400)
+def test_ray_over_two_nodes_spreads_ranks_and_brings_outputs_to_the_driver(hosts, ray_cluster, tmp_path):
+    """Ranks spread over both nodes by a placement group, meet at rank 0's node address, and
+    every output (metrics of all ranks, TensorBoard runs, summary, checkpoint) lands in the
+    driver's run folder; the result equals the local launcher's."""
+    result = ray_driver(hosts[0], ray_cluster, tmp_path / "ray", *JOB)
+    assert result.returncode == 0, result.stderr
+    placement = next(line for line in result.stderr.splitlines() if line.startswith("ray: "))
+    assert all(host.address in placement for host in hosts), placement
+    run = tmp_path / "ray"
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {e["rank"] for e in events if e["event"] == "train"} == {0, 1, 2, 3}
+    assert sorted(p.name for p in (run / "tb").iterdir()) == [f"rank-{r}" for r in range(4)]
+    reference = train(tmp_path / "local", *JOB)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["comm"]["bytes_sent"] == reference["comm"]["bytes_sent"]
+    ours, local = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True)["model"] for d in ("ray", "local"))
+    for key, value in local.items():
+        assert torch.allclose(ours[key], value, atol=1e-6, rtol=0), key
+
+
+@pytest.mark.timeout(400)
+def test_a_killed_ray_rank_ends_the_job_naming_it(hosts, ray_cluster, tmp_path):
+    start = time.monotonic()
+    result = ray_driver(hosts[0], ray_cluster, tmp_path / "ray", *JOB[:-4], "--steps", "200",
+                        "--set", "comm.fault=2:kill@10", "--set", "comm.timeout_s=30")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("agentsync: error: rank 2 failed under Ray"), result.stderr
+    assert time.monotonic() - start < 120
+
+
+def test_local_ranks_count_the_ranks_of_each_node_in_rank_order():
+    from agentsync.launch.ray import describe_placement, local_ranks
+
+    assert local_ranks(["a", "b", "a", "b", "a"]) == [(0, 3), (0, 2), (1, 3), (1, 2), (2, 3)]
+    assert describe_placement(["10.0.0.1", "10.0.0.2", "10.0.0.1"]) == "ranks 0,2 on 10.0.0.1; rank 1 on 10.0.0.2"

@@ -1,59 +1,189 @@
-"""The Ray launcher: one Ray task per rank, all meeting at ``comm.master_addr``.
+"""The Ray launcher: one Ray actor per rank, placed by a placement group, outputs back at the driver.
 
-Every rank is a zero-CPU remote call of :func:`_rank_main` handed the torchrun-style environment
-(``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` = ``comm.master_addr``, ``MASTER_PORT`` = ``comm.master_port``
-or a port found free on the driver), so rank 0 listens on that address: on a cluster set it to an
-address of the node rank 0 runs on (``--set comm.master_addr=HEAD_NODE_IP``); the default 127.0.0.1
-suits a one-machine cluster. A failed rank cancels the others and the job fails naming it.
+    agentsync train --launcher ray --workers 4              # RAY_ADDRESS=HEAD:6379 for a cluster
+
+1. **Placement.** A placement group holds one bundle per rank (``launch.threads_per_worker``
+   CPUs each, strategy ``SPREAD``), as Ray Train's ``ScalingConfig`` does; each rank's actor
+   runs in its own bundle. A cluster without room for every bundle is an error, not a hang.
+2. **Rendezvous.** Found at run time: rank 0's actor reports its node's address and a port free
+   there, and every rank meets at ``MASTER_ADDR=that address`` (``comm.master_port`` fixes the
+   port). ``LOCAL_RANK`` / ``LOCAL_WORLD_SIZE`` count the ranks on the same node. Where the node's
+   address is not loopback and ``GLOO_SOCKET_IFNAME`` is unset, gloo is told the interface that
+   holds it (a hostname that resolves to 127.0.x.x would otherwise send gloo to loopback).
+3. **Outputs.** Ranks on the driver's node write into the run folder itself. Ranks on other
+   nodes, whose disks may be separate (Ray syncs nothing to the head since 2.7), write into a
+   staging folder on their node, seeded with the run folder's checkpoint on ``--resume``, and
+   hand back what they wrote when they finish; the driver appends their ``metrics.jsonl`` lines
+   and writes their other files (summary, checkpoint, TensorBoard runs) into its run folder.
+   Mid-run checkpoints of a reporter on another node arrive only with the run's end.
+4. **Failure.** The first rank that fails ends the job: every other actor is killed and the
+   error names the rank.
 
 Needs the ``ray`` extra (``pip install 'agentsync[ray]'``). Connects to a running cluster when
-``RAY_ADDRESS`` is set, else starts a local one bound to 127.0.0.1 (and shuts it down after).
+``RAY_ADDRESS`` is set, else starts a local one bound to 127.0.0.1 (and shuts it down after), even
+where a cluster started with ``ray start`` runs on this machine.
 """
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import sys
+import tempfile
+from pathlib import Path
 
-from agentsync.comm import free_port
+from agentsync.checkpoint import CHECKPOINT, atomic_write
 from agentsync.config import RunConfig
 from agentsync.errors import ConfigError, JobFailed
 from agentsync.launch import Announce, prepare_run_dir
+from agentsync.metrics import METRICS
 from agentsync.runtime import ProgressFactory, run_worker
 
+PLACEMENT_TIMEOUT_S = 60.0
 
-def _rank_main(cfg: RunConfig, run_dir: str, resume: bool, progress, env: dict) -> None:
-    import torch
 
-    os.environ.update(env)
-    torch.set_num_threads(cfg.launch.threads_per_worker)
-    run_worker(cfg, run_dir, resume=resume, progress=progress)
+class Rank:
+    """One rank of the job, as a Ray actor: says where it runs, then runs the rank to the end."""
+
+    def node(self) -> tuple[str, str]:
+        import ray
+
+        return ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address()
+
+    def free_port(self, host: str) -> int:
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            return sock.getsockname()[1]
+
+    def run(self, cfg: RunConfig, run_dir: str, resume: bool, progress, env: dict,
+            checkpoint: bytes | None) -> dict[str, bytes] | None:
+        """Run the rank in ``run_dir``, or, given ``checkpoint`` or staging, in a folder of this node
+        whose files come back (relative path -> bytes)."""
+        import torch
+
+        os.environ.update(env)
+        interface = gloo_interface(self.node()[1])
+        if interface and "GLOO_SOCKET_IFNAME" not in os.environ:
+            os.environ["GLOO_SOCKET_IFNAME"] = interface
+        torch.set_num_threads(cfg.launch.threads_per_worker)
+        if run_dir:
+            run_worker(cfg, run_dir, resume=resume, progress=progress)
+            return None
+        staging = Path(tempfile.mkdtemp(prefix="agentsync-ray-"))
+        try:
+            if checkpoint is not None:
+                (staging / CHECKPOINT).write_bytes(checkpoint)
+            run_worker(cfg, staging, resume=resume, progress=progress)
+            return {str(p.relative_to(staging)): p.read_bytes() for p in staging.rglob("*")
+                    if p.is_file() and not (p.name == CHECKPOINT and p.read_bytes() == checkpoint)}
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def gloo_interface(address: str) -> str | None:
+    """The network interface holding ``address`` (None for loopback or an address not found here)."""
+    import psutil
+
+    if address.startswith("127."):
+        return None
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.family == socket.AF_INET and a.address == address for a in addrs):
+            return name
+    return None
+
+
+def local_ranks(nodes: list[str]) -> list[tuple[int, int]]:
+    """(LOCAL_RANK, LOCAL_WORLD_SIZE) of each rank, counting the ranks on the same node in rank order."""
+    seen: dict[str, int] = {}
+    out = []
+    for node in nodes:
+        out.append(seen.get(node, 0))
+        seen[node] = out[-1] + 1
+    return [(r, seen[node]) for r, node in zip(out, nodes)]
+
+
+def describe_placement(addresses: list[str]) -> str:
+    """``ranks 0,1 on 10.0.0.1; 2,3 on 10.0.0.2``: where each rank runs."""
+    by_node: dict[str, list[str]] = {}
+    for rank, address in enumerate(addresses):
+        by_node.setdefault(address, []).append(str(rank))
+    return "; ".join(f"rank{'s' if len(r) > 1 else ''} {','.join(r)} on {a}" for a, r in by_node.items())
+
+
+def merge_outputs(run_dir: Path, files: dict[str, bytes]) -> None:
+    """Files a rank on another node wrote: metrics lines appended, everything else written whole."""
+    for name, data in files.items():
+        path = run_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if name == METRICS:
+            with open(path, "ab") as f:
+                f.write(data)
+        else:
+            atomic_write(path, data)
 
 
 def launch_ray(cfg: RunConfig, *, resume: bool, progress: ProgressFactory | None,
-                 announce: Announce | None = None) -> bool:
+               announce: Announce | None = None) -> bool:
     try:
         import ray
+        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
     except ImportError:
         raise ConfigError("launch.name is ray but Ray is not installed; pip install 'agentsync[ray]'") from None
-    run_dir = prepare_run_dir(cfg, resume=resume, announce=announce)
+    run_dir = prepare_run_dir(cfg, resume=resume, announce=announce).resolve()
     started = not ray.is_initialized()
     if started:
         if os.environ.get("RAY_ADDRESS"):
             ray.init(log_to_driver=True)
         else:
-            ray.init(num_cpus=max(2, cfg.world_size), include_dashboard=False, _node_ip_address="127.0.0.1")
-    world = cfg.world_size
-    remote = ray.remote(num_cpus=0)(_rank_main)
-    env = {"WORLD_SIZE": str(world), "MASTER_ADDR": cfg.comm.master_addr,
-           "MASTER_PORT": str(cfg.comm.master_port or free_port(cfg.comm.master_addr))}
-    refs = [remote.remote(cfg, str(run_dir), resume, progress, {**env, "RANK": str(r), "LOCAL_RANK": "0"})
-            for r in range(world)]
+            ray.init(address="local", num_cpus=max(2, cfg.world_size * cfg.launch.threads_per_worker), include_dashboard=False,
+                     _node_ip_address="127.0.0.1")
+    world, cpus = cfg.world_size, cfg.launch.threads_per_worker
+    group = placement_group([{"CPU": cpus}] * world, strategy="SPREAD")
+    actors = []
     try:
-        ray.get(refs)
-    except Exception as e:  # RayTaskError wraps the rank's exception; its first line names it
-        for ref in refs:
-            ray.cancel(ref, force=True)
-        raise JobFailed(f"a Ray worker failed: {str(e).strip().splitlines()[0]}") from None
+        ready, _ = ray.wait([group.ready()], timeout=PLACEMENT_TIMEOUT_S)
+        if not ready:
+            raise JobFailed(f"the Ray cluster has no room for {world} ranks of {cpus} CPU(s) each "
+                            f"(cluster CPUs: {ray.cluster_resources().get('CPU', 0):g}) after {PLACEMENT_TIMEOUT_S:g} s")
+        actor = ray.remote(Rank)
+        actors = [actor.options(num_cpus=cpus, scheduling_strategy=PlacementGroupSchedulingStrategy(
+            placement_group=group, placement_group_bundle_index=r)).remote() for r in range(world)]
+        nodes = ray.get([a.node.remote() for a in actors])
+        print(f"ray: {describe_placement([ip for _, ip in nodes])}", file=sys.stderr)
+        master = nodes[0][1]
+        port = cfg.comm.master_port or ray.get(actors[0].free_port.remote(master))
+        here = ray.get_runtime_context().get_node_id()
+        checkpoint = (run_dir / CHECKPOINT).read_bytes() if resume and (run_dir / CHECKPOINT).exists() else None
+        refs = []
+        placed = zip(actors, nodes, local_ranks([node for node, _ in nodes]))
+        for r, (a, (node, _), (local_rank, local_world)) in enumerate(placed):
+            env = {"RANK": str(r), "WORLD_SIZE": str(world), "LOCAL_RANK": str(local_rank),
+                   "LOCAL_WORLD_SIZE": str(local_world), "MASTER_ADDR": master, "MASTER_PORT": str(port)}
+            same_node = node == here
+            refs.append(a.run.remote(cfg, str(run_dir) if same_node else "", resume, progress, env,
+                                     None if same_node else checkpoint))
+        for files in wait_all(refs):
+            if files:
+                merge_outputs(run_dir, files)
     finally:
+        for a in actors:
+            ray.kill(a)
+        remove_placement_group(group)
         if started:
             ray.shutdown()
     return True
+
+
+def wait_all(refs: list) -> list:
+    """Every rank's result; the first rank to fail ends the job, named."""
+    import ray
+
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        try:
+            ray.get(done[0])
+        except Exception as e:  # RayTaskError / ActorDiedError: its first line says what happened
+            raise JobFailed(f"rank {refs.index(done[0])} failed under Ray: {str(e).strip().splitlines()[0]}") from None
+    return ray.get(refs)
