@@ -63,6 +63,8 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="optimizer steps per worker; default: the task's")
     parser.add_argument("--seed", type=int, help="seed of initialisation, data order, environments; default 0")
     parser.add_argument("--launcher", help="local (default), torchrun or ray")
+    parser.add_argument("--max-restarts", type=int, metavar="N",
+                        help="local launcher: restart from the latest checkpoint up to N times when a rank fails")
     parser.add_argument("--straggler", metavar="RANK:SECONDS", help="that rank sleeps SECONDS every step")
     parser.add_argument("--net", metavar="latency=2ms,bandwidth=1Gbit",
                         help="simulate a slower network: each message arrives latency + bytes/bandwidth late")
@@ -73,7 +75,7 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
 def run_flags(args: argparse.Namespace) -> dict:
     return {"task.name": args.task, "strategy.name": args.strategy, "workers": args.workers,
             "servers": args.servers, "steps": args.steps, "seed": args.seed, "launch.name": args.launcher,
-            "comm.straggler": args.straggler, "comm.net": args.net}
+            "launch.max_restarts": args.max_restarts, "comm.straggler": args.straggler, "comm.net": args.net}
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -95,6 +95,21 @@ def rendezvous_store(host: str, port: int, rank: int, world_size: int,
                          master_listen_fd=listener.detach())
 
 
+def torchelastic_store(world_size: int, timeout: datetime.timedelta) -> dist.Store | None:
+    """Under torchrun, the agent's store (None: env:// finds it), seen through a prefix per restart.
+
+    torchrun keeps one store across ``--max-restarts`` attempts and its env:// handler adds no
+    prefix, so a restarted rank could read a dead peer's gloo address from the attempt before and
+    time out connecting to it; the prefix keeps each attempt's keys apart.
+    """
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if not attempt or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    agent = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, False,
+                          timeout=timeout)
+    return dist.PrefixStore(f"agentsync/attempt-{attempt}", agent)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -212,8 +227,8 @@ class Comm:
             os.environ.setdefault("MASTER_PORT", str(config.master_port or free_port()))
             timeout = datetime.timedelta(seconds=config.timeout_s)
             # under torchrun the agent's store is the rendezvous (env://); otherwise we host our own
-            store = None if os.environ.get("TORCHELASTIC_RUN_ID") else rendezvous_store(
-                os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), rank, world_size, timeout)
+            store = torchelastic_store(world_size, timeout) if os.environ.get("TORCHELASTIC_RUN_ID") else \
+                rendezvous_store(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), rank, world_size, timeout)
             dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout,
                                     device_id=device if device.type == "cuda" else None)
         return cls(rank, world_size, config, device=device)

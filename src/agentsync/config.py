@@ -33,10 +33,16 @@ class LaunchConfig(Options):
     """How workers start: local (spawned processes on this machine), torchrun (already started by torchrun), ray."""
     threads_per_worker: int = 1
     """torch intra-op threads in each worker process."""
+    max_restarts: int = 0
+    """Local launcher: when a rank fails, restart the job from its latest checkpoint up to this many
+    times (torchrun: use its own --max-restarts; the run then resumes from the checkpoint too)."""
 
     def validate(self, section: str) -> None:
         choice(self.name, f"{section}.name", LAUNCHERS)
         check(self.threads_per_worker >= 1, f"{section}.threads_per_worker", ">= 1", self.threads_per_worker)
+        check(self.max_restarts >= 0, f"{section}.max_restarts", ">= 0", self.max_restarts)
+        check(self.max_restarts == 0 or self.name == "local", f"{section}.max_restarts",
+              "used only by the local launcher (under torchrun pass torchrun's --max-restarts)", self.max_restarts)
 
 
 @dataclasses.dataclass(kw_only=True)

@@ -8,6 +8,7 @@ rank appends its own lines to metrics.jsonl.
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from typing import Callable, Protocol
@@ -219,8 +220,14 @@ class Worker:
         extra = {name: self.task.evaluate(model) for name, model in self.strategy.report_models().items()}
         if extra:
             summary["models"] = extra
+        summary["restarts"] = restarts()
         summary["ok"] = True
         return summary
+
+
+def restarts() -> int:
+    """How many times this job was restarted after a failure (torchelastic's count; the local launcher sets it too)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 
 
 def evaluate_run(cfg: RunConfig, run_dir: str | Path) -> dict:

@@ -8,11 +8,17 @@
 """
 from __future__ import annotations
 
+import copy
+import json
+import shutil
 from pathlib import Path
 from typing import Callable
 
+from agentsync.checkpoint import CHECKPOINT, atomic_write, load_checkpoint
+from agentsync.comm import parse_faults
 from agentsync.config import RunConfig
 from agentsync.errors import ConfigError
+from agentsync.metrics import METRICS, TENSORBOARD, read_metrics
 from agentsync.runtime import ProgressFactory
 
 
@@ -35,6 +41,30 @@ def prepare_run_dir(cfg: RunConfig, *, resume: bool, announce: Announce | None =
     if announce:
         announce()
     return run_dir
+
+
+def restart_point(run_dir: Path) -> int:
+    """Prepare ``run_dir`` for a restart; returns the checkpoint's step to resume from (0: from the start).
+
+    Metrics past that step are dropped (the restart logs them again), so ``metrics.jsonl`` reads
+    as one run; from the start, the TensorBoard runs go too.
+    """
+    step = 0
+    if (run_dir / CHECKPOINT).exists():
+        step = int(load_checkpoint(run_dir)["step"])
+    kept = [e for e in read_metrics(run_dir) if e["step"] <= step] if step else []
+    atomic_write(run_dir / METRICS, "".join(json.dumps(e) + "\n" for e in kept).encode())
+    if not step:
+        shutil.rmtree(run_dir / TENSORBOARD, ignore_errors=True)
+    return step
+
+
+def without_injected_failures(cfg: RunConfig) -> RunConfig:
+    """``cfg`` without injected kill and hang faults, for a restarted attempt: they act in the first only."""
+    faults = {rank: fault for rank, fault in parse_faults(cfg.comm.fault).items() if fault[0] not in ("kill", "hang")}
+    restarted = copy.deepcopy(cfg)
+    restarted.comm.fault = ",".join(f"{rank}:{kind}@{step}" for rank, (kind, step) in faults.items())
+    return restarted
 
 
 def launch(cfg: RunConfig, *, resume: bool = False, progress: ProgressFactory | None = None,

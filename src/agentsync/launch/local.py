@@ -6,6 +6,12 @@ at once, their peer's socket closed); any still running then are killed, and the
 a message naming the rank that died first. Under strategies that tolerate losses, survivors
 finish and report the loss themselves. A job succeeds only if this run wrote summary.json and
 every failure was a tolerated worker loss — never because a file from an earlier run exists.
+
+With ``launch.max_restarts`` (``--max-restarts N``) a failed job starts again by itself, as
+``torchrun --max-restarts`` does: from the latest checkpoint (``checkpoint_every``), or from the
+start where there is none (parameter servers checkpoint only at the end). Each restart is said on
+stderr and counted in the summary's ``restarts``; injected kill and hang faults act in the first
+attempt only.
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ import torch
 from agentsync.comm import free_port, leave_process
 from agentsync.config import RunConfig
 from agentsync.errors import JobFailed
-from agentsync.launch import Announce, prepare_run_dir
+from agentsync.launch import Announce, prepare_run_dir, restart_point, without_injected_failures
 from agentsync.metrics import SUMMARY
 from agentsync.runtime import ProgressFactory, run_worker
 from agentsync.sync import strategy_class
@@ -63,10 +69,27 @@ def describe_exit(code: int) -> str:
 def launch_local(cfg: RunConfig, *, resume: bool, progress: ProgressFactory | None,
                  announce: Announce | None = None) -> bool:
     run_dir = prepare_run_dir(cfg, resume=resume, announce=announce)
+    for attempt in range(cfg.launch.max_restarts + 1):
+        failures, hung = run_attempt(cfg, run_dir, resume=resume, progress=progress, restarts=attempt)
+        if not failures and not hung:
+            return True
+        if attempt == cfg.launch.max_restarts:
+            raise JobFailed(failure_message(failures, hung))
+        step = restart_point(run_dir)
+        resume, cfg = step > 0, without_injected_failures(cfg)
+        print(f"agentsync: {failure_message(failures, hung)}; restart {attempt + 1} of {cfg.launch.max_restarts} "
+              f"from {f'the checkpoint at step {step}' if step else 'the start'}", file=sys.stderr, flush=True)
+    raise AssertionError("unreachable")
+
+
+def run_attempt(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: ProgressFactory | None,
+                restarts: int) -> tuple[list[tuple[int, str]], list[int]]:
+    """Spawn every rank and wait; returns the failures that end the job (none when it succeeded)."""
     before = summary_signature(run_dir)
     world = cfg.world_size
     base_env = {"WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": cfg.comm.master_addr,
-                "MASTER_PORT": str(cfg.comm.master_port or free_port(cfg.comm.master_addr))}
+                "MASTER_PORT": str(cfg.comm.master_port or free_port(cfg.comm.master_addr)),
+                "TORCHELASTIC_RESTART_COUNT": str(restarts)}
     ctx = mp.get_context("spawn")
     procs = []
     try:
@@ -87,10 +110,10 @@ def launch_local(cfg: RunConfig, *, resume: bool, progress: ProgressFactory | No
     tolerated = (strategy_class(cfg.strategy.name).tolerates_worker_loss and written and not hung
                  and all(rank < cfg.workers for rank, _ in failures))  # worker losses only, never a server's
     if (failures or hung) and not tolerated:
-        raise JobFailed(failure_message(failures, hung))
+        return failures, hung
     if not written:
         raise JobFailed("every rank exited, but none wrote summary.json; the job did not finish")
-    return True
+    return [], []
 
 
 def summary_signature(run_dir: Path) -> tuple[int, int] | None:

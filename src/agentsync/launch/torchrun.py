@@ -5,16 +5,19 @@
         -m agentsync train --launcher torchrun --workers 8
 
 Rank 0 chooses the run folder and tells the others, so a default, time-stamped name agrees.
+Under ``torchrun --max-restarts N`` a restarted attempt resumes from the run's latest checkpoint
+(or starts again where there is none), as the local launcher's ``--max-restarts`` does.
 """
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from agentsync.comm import Comm
 from agentsync.config import RunConfig
 from agentsync.errors import ConfigError
-from agentsync.launch import Announce, prepare_run_dir
-from agentsync.runtime import ProgressFactory, run_worker
+from agentsync.launch import Announce, prepare_run_dir, restart_point, without_injected_failures
+from agentsync.runtime import ProgressFactory, restarts, run_worker
 
 
 def launch_torchrun(cfg: RunConfig, *, resume: bool, progress: ProgressFactory | None,
@@ -27,10 +30,16 @@ def launch_torchrun(cfg: RunConfig, *, resume: bool, progress: ProgressFactory |
         raise ConfigError(f"torchrun started {world} processes but the job needs {cfg.world_size} "
                           f"(workers={cfg.workers}{' + servers' if cfg.world_size > cfg.workers else ''}); "
                           "set --nproc-per-node/--nnodes or --workers to match")
+    restarted = restarts() > 0 and not resume  # torchrun --max-restarts started this attempt again
+    if restarted:
+        cfg = without_injected_failures(cfg)
     comm = Comm.from_env(cfg.comm)
     with comm.uncounted():
         cfg.out = comm.broadcast_bytes(cfg.out.encode(), src=0).decode()
         if comm.rank == 0:
-            prepare_run_dir(cfg, resume=resume, announce=announce)
-        comm.barrier()
+            step = restart_point(Path(cfg.out)) if restarted else 0
+            if not restarted:
+                prepare_run_dir(cfg, resume=resume, announce=announce)
+            resume = resume or step > 0
+        resume = comm.broadcast_bytes(b"1" if resume else b"", src=0) == b"1"
     return run_worker(cfg, cfg.out, resume=resume, progress=progress, comm=comm)
