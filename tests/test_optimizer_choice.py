@@ -18,7 +18,7 @@ def resolved(task: str, strategy: str, *overrides: str) -> OptimizerConfig:
 
 def full(**fields) -> OptimizerConfig:
     return OptimizerConfig(**{"momentum": 0.0, "weight_decay": 0.0, "nesterov": False, "max_grad_norm": 0.0,
-                              "lr_schedule": "constant", **fields})
+                              "lr_schedule": "constant", "skip_nonfinite": True, **fields})
 
 
 def test_no_preference_gives_the_task_defaults_under_the_user_fields():

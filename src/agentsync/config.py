@@ -144,6 +144,8 @@ class OptimizerChoice:
         parts += [f"{f}={getattr(c, f):g}" for f in ("weight_decay", "max_grad_norm") if getattr(c, f)]
         if c.lr_schedule != "constant":
             parts.append(f"lr_schedule={c.lr_schedule}")
+        if not c.skip_nonfinite:
+            parts.append("skip_nonfinite=false")
         return f"{' '.join(parts)} ({self.source})"
 
 
