@@ -133,3 +133,17 @@ def test_server_update_skips_a_nonfinite_gradient_and_applies_a_finite_one():
     push([2.0, 2.0, 2.0])
     assert torch.equal(param.detach(), torch.zeros(3)) and server.version == 2
     assert server.staleness == {0: 2}
+
+
+def test_the_header_carries_any_int64_exactly():
+    """The header's integers travel as their own bits (no float rounding): versions and lengths past
+    2^24 (float32's exact range, the old limit) and 2^53 arrive unchanged, and so does the payload."""
+    from agentsync.sync.ps_protocol import HEADER, pack, unpack
+
+    header = [int(Kind.PUSH), 3, 2 ** 24 + 1, 2 ** 53 + 7]
+    payload = torch.tensor([float("nan"), -0.0, 1.5])
+    message = pack(header, payload)
+    assert message.dtype == torch.float32 and message.numel() == HEADER + 3 and HEADER * 4 == HEADER_BYTES
+    got, rest = unpack(message.clone())
+    assert got == header and torch.equal(rest.view(torch.int32), payload.view(torch.int32))
+    assert unpack(pack([5, 2], torch.zeros(0)))[0] == [5, 2, 0, 0]  # a server's reply: the rest zero

@@ -29,9 +29,8 @@ import torch
 from torch import nn
 
 from agentsync.comm import leave_process
-from agentsync.options import check
 from agentsync.sync.base import Strategy, StrategyConfig, broadcast_model_
-from agentsync.sync.ps_protocol import MAX_UPDATES, Kind, Layout, float_buffers, split_extra, pack
+from agentsync.sync.ps_protocol import Kind, Layout, float_buffers, pack
 from agentsync.sync.ps_server import ServerRole
 from agentsync.sync.ps_worker import WorkerRole
 from agentsync.update import UpdateRule, local_norm
@@ -39,12 +38,7 @@ from agentsync.update import UpdateRule, local_norm
 
 @dataclasses.dataclass(kw_only=True)
 class ServerConfig(StrategyConfig):
-    """Options every parameter-server strategy has."""
-
-    def validate_run(self, run) -> None:
-        steps = run.steps or 0  # each worker push makes at most one server update
-        check(steps * run.workers < MAX_UPDATES, "steps", f"below {MAX_UPDATES} // workers (the header's exact range)",
-              steps)
+    """Options every parameter-server strategy has (the base of each variant's)."""
 
 
 class ParameterServer(Strategy):
@@ -148,7 +142,7 @@ class ParameterServer(Strategy):
         if self.server is not None:
             return self.server.collect(payload)
         with self.comm.uncounted():
-            header = [int(Kind.COLLECT), self.comm.rank, self.worker.version, *split_extra(len(payload))]
+            header = [int(Kind.COLLECT), self.comm.rank, self.worker.version, len(payload)]
             self.comm.send(pack(header, torch.zeros(0, device=self.comm.device)), self.num_workers)
             data = torch.frombuffer(bytearray(payload), dtype=torch.uint8) if payload else torch.zeros(0, dtype=torch.uint8)
             self.comm.send(data.to(self.comm.device), self.num_workers)

@@ -1,15 +1,15 @@
 """The parameter-server wire protocol: message kinds, the header, sharding and (un)flattening.
 
 Every message is one flat float32 tensor over comm's point-to-point calls — never a pickle —
-whose first five entries are a small integer header (exact in float32 up to 2^24, so runs of
-up to 16.7M updates):
+that starts with a header of four int64 values, carried bit for bit in eight float32 slots (a
+view of their bytes, never converted, so any value up to 2^63 travels exactly):
 
-    worker → server   [kind, worker, version, extra_hi, extra_lo | payload]
-    server → worker   [version, min_clock, 0, 0, 0 | payload]
+    worker → server   [kind, worker, version, extra | payload]
+    server → worker   [version, min_clock, 0, 0 | payload]
 
-``extra = extra_hi·2^20 + extra_lo`` is the length of what follows: for PUSH and DONE the
-float32 payload's, for COLLECT the byte length of the uint8 message that comes next (the
-COLLECT message itself is header-only). A server receives each worker's messages into a buffer
+``extra`` is the length of what follows: for PUSH and DONE the float32 payload's, for COLLECT
+the byte length of the uint8 message that comes next (the COLLECT message itself is header-only).
+A server receives each worker's messages into a buffer
 of its largest possible size (gloo delivers a shorter message into it) and counts only the
 bytes the header says arrived.
 """
@@ -24,9 +24,9 @@ from torch import nn
 
 from agentsync.comm import Comm
 
-HEADER = 5
+HEADER_FIELDS = 4
+HEADER = 2 * HEADER_FIELDS  # float32 slots: each int64 field travels as the bits of two
 HEADER_BYTES = HEADER * 4
-MAX_UPDATES = 1 << 24  # float32 holds every integer up to here exactly: the header's range
 IDLE_S = 24 * 3600.0   # a listener waits this long for a worker's next message; death is noticed sooner
 
 
@@ -96,17 +96,15 @@ def unflat_(tensors: list[torch.Tensor], vector: torch.Tensor) -> None:
         offset += t.numel()
 
 
-def split_extra(extra: int) -> list[int]:
-    return [extra >> 20, extra & 0xFFFFF]
-
-
 def pack(header: list[int], payload: torch.Tensor) -> torch.Tensor:
-    """One message: the header, on the payload's device, then the payload as float32."""
-    return torch.cat([torch.tensor(header, dtype=torch.float32, device=payload.device), payload.float()])
+    """One message: the header's int64 bits as float32 slots, on the payload's device, then the payload."""
+    fields = torch.zeros(HEADER_FIELDS, dtype=torch.int64)
+    fields[:len(header)] = torch.tensor(header, dtype=torch.int64)
+    return torch.cat([fields.view(torch.float32).to(payload.device), payload.float()])
 
 
 def unpack(message: torch.Tensor) -> tuple[list[int], torch.Tensor]:
-    return [int(x) for x in message[:HEADER].cpu().tolist()], message[HEADER:]
+    return message[:HEADER].cpu().view(torch.int64).tolist(), message[HEADER:]
 
 
 def listener_comm(comm: Comm) -> Comm:
@@ -126,8 +124,7 @@ def listen(comm: Comm, worker: int, capacity: int, inbox: queue.Queue) -> None:
         message = torch.empty(HEADER + capacity, device=comm.device)
         try:
             comm.recv(message, worker, timeout_s=IDLE_S)
-            (kind, _, version, hi, lo), rest = unpack(message)
-            extra = (hi << 20) + lo
+            (kind, _, version, extra), rest = unpack(message)
             if kind == Kind.COLLECT:
                 payload = torch.empty(extra, dtype=torch.uint8, device=comm.device)
                 comm.recv(payload, worker, timeout_s=IDLE_S)

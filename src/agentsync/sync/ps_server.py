@@ -154,7 +154,7 @@ class ServerRole:
         """Send ``payload`` with this server's version and the slowest live worker's clock."""
         min_clock = min((self.clocks[w] for w in self.live - self.done), default=self.clocks[worker])
         self.clock_gap_max = max(self.clock_gap_max, self.clocks[worker] - min_clock)
-        self.comm.send(pack([self.version, min_clock, 0, 0, 0], payload), worker)
+        self.comm.send(pack([self.version, min_clock], payload), worker)
 
     def shard_vector(self) -> torch.Tensor:
         return flat(self.shard, self.comm.device)

@@ -31,7 +31,6 @@ class PSSyncConfig(ServerConfig):
     """Gradients averaged per step (default: all workers); the other workers are backups."""
 
     def validate_run(self, run) -> None:
-        super().validate_run(run)
         r = self.replicas_to_aggregate
         check(r is None or 1 <= r <= run.workers, "strategy.replicas_to_aggregate", f"in [1, workers={run.workers}]", r)
 

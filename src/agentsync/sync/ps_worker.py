@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from agentsync.comm import Comm
-from agentsync.sync.ps_protocol import HEADER, Kind, Layout, flat, pack, split_extra, unflat_, unpack
+from agentsync.sync.ps_protocol import HEADER, Kind, Layout, flat, pack, unflat_, unpack
 from agentsync.update import local_norm
 
 
@@ -61,7 +61,7 @@ class WorkerRole:
 
     # -- the exchanges -----------------------------------------------------------------------------
     def send(self, server: int, kind: Kind, payload: torch.Tensor) -> None:
-        header = [int(kind), self.comm.rank, self.version, *split_extra(payload.numel())]
+        header = [int(kind), self.comm.rank, self.version, payload.numel()]
         self.comm.send(pack(header, payload), self.layout.server_rank(server))
 
     def receive(self, server: int, numel: int) -> torch.Tensor:
