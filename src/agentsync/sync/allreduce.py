@@ -22,6 +22,7 @@ from torch import nn
 from agentsync.comm import Work
 from agentsync.options import check
 from agentsync.sync.base import Strategy, StrategyConfig, broadcast_buffers_
+from agentsync.sync.compressed import all_sum_async
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -94,6 +95,7 @@ class AllReduce(Strategy):
 
     Config = AllReduceConfig
     description = "average gradients every step by bucketed all-reduce (DDP); replicas identical"
+    supports_compression = True
 
     def _setup(self) -> None:
         super()._setup()
@@ -128,7 +130,10 @@ class AllReduce(Strategy):
                 return
             if bucket.pending:
                 bucket.fill_unready_()
-            bucket.work = self.comm.all_reduce_async(bucket.buffer)
+            if self.compression is None:
+                bucket.work = self.comm.all_reduce_async(bucket.buffer)
+            else:  # the buffer holds g_i / W: the decoded sum is the average
+                bucket.work = all_sum_async(self.comm, self.compression, f"bucket{self._next}", bucket.buffer)
             self._next += 1
 
     def _reduce_all(self) -> None:
