@@ -185,11 +185,15 @@ def test_local_sgd_none_is_bit_identical_to_no_option(tmp_path):
     assert_identical(final_model(tmp_path / "none"), final_model(tmp_path / "plain"))
 
 
+DILOCO = ["--strategy", "diloco", "--set", "strategy.inner_steps=3", "--workers", "2", *SGD]
+
+
 @pytest.mark.timeout(300)
-def test_compressed_local_sgd_resumes_exactly(tmp_path):
-    """Residuals, the anchor and qsgd's generator are in the checkpoint: 20 + 20 steps = 40 steps.
-    Period 3, so the split falls between synchronisations."""
-    args = [*LOCAL, "--compress", "qsgd:bits=4"]
+@pytest.mark.parametrize("strategy", ["local-sgd", "diloco"])
+def test_compressed_run_resumes_exactly(tmp_path, strategy):
+    """Residuals, the anchor (θ_start) and qsgd's generator are in the checkpoint: 20 + 20 steps =
+    40 steps. Every 3 steps a synchronisation, so the split falls between two."""
+    args = [*(LOCAL if strategy == "local-sgd" else DILOCO), "--compress", "qsgd:bits=4"]
     whole = train(tmp_path / "whole", *args, "--steps", "40")
     train(tmp_path / "split", *args, "--steps", "20")
     result = agentsync("train", "--resume", str(tmp_path / "split"), "--steps", "40")
