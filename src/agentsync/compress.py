@@ -28,7 +28,7 @@ import torch
 
 from agentsync.errors import ConfigError
 
-__all__ = ["CODECS", "Codec", "Compression", "Encoded", "ErrorFeedback", "parse_codec"]
+__all__ = ["CODECS", "Codec", "Compression", "Encoded", "ErrorFeedback", "is_none", "parse_codec"]
 
 
 @dataclasses.dataclass
@@ -215,6 +215,11 @@ class RandK(Seeded):
 CODECS = ("none", "fp16", "bf16", "int8", "qsgd", "sign", "topk", "randk")
 OPTIONS = {"none": (), "fp16": (), "bf16": (), "sign": (), "int8": ("chunk", "seed"),
            "qsgd": ("bits", "chunk", "seed"), "topk": ("ratio",), "randk": ("ratio", "seed")}
+
+
+def is_none(spec: str) -> bool:
+    """True for the codec ``none``: no codec stage at all, today's uncompressed path."""
+    return spec.strip() in ("", "none")
 
 
 def parse_codec(spec: str, field: str = "comm.compression") -> Codec:

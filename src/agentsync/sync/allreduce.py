@@ -22,7 +22,7 @@ from torch import nn
 from agentsync.comm import Work
 from agentsync.options import check
 from agentsync.sync.base import Strategy, StrategyConfig, broadcast_buffers_
-from agentsync.sync.compressed import all_sum_async
+from agentsync.sync.compressed import Decoding, all_sum_async
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -51,7 +51,7 @@ class Bucket:
         self.views = [self.buffer[a:b].view_as(p) for a, b, p in zip(offsets, offsets[1:], params)]
         self.ready = [False] * len(params)
         self.pending = len(params)
-        self.work: Work | None = None
+        self.work: Work | Decoding | None = None
 
     def mark_ready(self, i: int, world_size: int) -> None:
         """Parameter ``i``'s gradient is complete: make sure it lives in the bucket, divided by W

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from agentsync.comm import Comm
-from agentsync.compress import Compression, parse_codec
+from agentsync.compress import Compression, is_none, parse_codec
 from agentsync.errors import ConfigError
 from agentsync.optim import OptimizerConfig
 from agentsync.options import Options, check
@@ -75,7 +75,7 @@ class Strategy(abc.ABC):
 
     def _compression(self, spec: str) -> Compression | None:
         """The codec stage, or None for ``none`` (today's uncompressed path, unchanged)."""
-        if spec.strip() in ("", "none"):
+        if is_none(spec):
             return None
         if not self.supports_compression:
             raise ConfigError(compression_refused(self.config.name, spec))
