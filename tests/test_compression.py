@@ -58,6 +58,9 @@ def test_error_feedback_loses_nothing(spec):
     inputs = [torch.randn(N, generator=gen) for _ in range(20)]
     sent = sum(codec.decode(feedback.compress(x)) for x in inputs)
     assert torch.allclose(sent + feedback.residual, sum(inputs), atol=1e-4, rtol=0)
+    before = feedback.residual.clone()
+    feedback.compress(torch.full((N,), float("nan")))
+    assert torch.equal(feedback.residual, before)  # a skipped (non-finite) step is not remembered
 
 
 def test_qsgd_is_unbiased_and_lossless_codecs_are_exact():
@@ -173,6 +176,15 @@ def test_allreduce_gathered_codec_counts_the_encoded_payload(tmp_path, allreduce
     for stats in summary["comm_per_rank"]:
         assert stats["bytes_sent"] == stats["bytes_received"] == steps * (workers - 1) * analytic_nbytes(spec, n)
         assert stats["messages"] == steps * (workers - 1)
+
+
+@pytest.mark.timeout(240)
+def test_a_nan_gradient_is_skipped_once_and_not_kept_in_the_residual(tmp_path):
+    """Rank 1's loss is NaN at step 10: that step is skipped on both ranks, and only that one."""
+    summary = train(tmp_path / "nan", "--workers", "2", "--steps", "15", "--compress", "topk:ratio=0.1", *SGD,
+                    "--set", "comm.fault=1:nan@10")
+    assert summary["nonfinite_skipped"] == 1
+    assert all(torch.isfinite(t).all() for t in final_model(tmp_path / "nan").values())
 
 
 LOCAL = ["--strategy", "local-sgd", "--set", "strategy.period=3", "--workers", "2", *SGD]

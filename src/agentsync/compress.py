@@ -274,10 +274,16 @@ class ErrorFeedback:
         self.residual: torch.Tensor | None = None
 
     def compress(self, x: torch.Tensor) -> Encoded:
-        """Encode x + residual; the residual becomes what that encoding dropped."""
+        """Encode x + residual; the residual becomes what that encoding dropped.
+
+        A non-finite input leaves the residual as it was: its payload is non-finite, the step
+        contract skips that step on every rank, and a NaN kept here would poison every later one.
+        """
         corrected = x.detach() if self.residual is None else x.detach() + self.residual
         encoded = self.codec.encode(corrected)
-        self.residual = corrected - self.codec.decode(encoded)
+        residual = corrected - self.codec.decode(encoded)
+        if bool(torch.isfinite(residual).all()):
+            self.residual = residual
         return encoded
 
     def state_dict(self) -> dict:
