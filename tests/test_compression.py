@@ -73,6 +73,14 @@ def test_qsgd_is_unbiased_and_lossless_codecs_are_exact():
         assert torch.equal(lossless.decode(lossless.encode(x)), x)
 
 
+def test_stochastic_rounding_differs_by_rank_and_random_k_indices_do_not():
+    x = torch.randn(N, generator=torch.Generator().manual_seed(6))
+    qsgd = [parse_codec("qsgd:bits=2", rank=r).encode(x).to_bytes() for r in (0, 1)]
+    assert not torch.equal(*qsgd)
+    randk = [parse_codec("randk:ratio=0.1", rank=r).encode(x).to_bytes() for r in (0, 1)]
+    assert torch.equal(*randk)
+
+
 def test_compression_state_round_trip_continues_identically():
     """Residuals and the codec's generator come back from a state dict: what follows is the same."""
     gen = torch.Generator().manual_seed(4)

@@ -122,7 +122,8 @@ def unpack(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
 
 
 class QSGD(Seeded):
-    """``bits``-bit levels with stochastic rounding (unbiased), one fp32 scale (max |x|) per chunk."""
+    """``bits``-bit levels with stochastic rounding (unbiased), one fp32 scale (max |x|) per chunk;
+    ``seed`` is the rank's own (see :func:`parse_codec`)."""
 
     linear = False
 
@@ -222,8 +223,11 @@ def is_none(spec: str) -> bool:
     return spec.strip() in ("", "none")
 
 
-def parse_codec(spec: str, field: str = "comm.compression") -> Codec:
-    """A codec from ``NAME[:KEY=VALUE...]``; a bad spec raises a one-line :class:`ConfigError`."""
+def parse_codec(spec: str, field: str = "comm.compression", *, rank: int = 0) -> Codec:
+    """A codec from ``NAME[:KEY=VALUE...]``; a bad spec raises a one-line :class:`ConfigError`.
+
+    ``rank`` gives stochastic rounding its own stream on each rank (errors independent, so
+    averaging shrinks them); random-k's stream is the same on every rank (same indices)."""
     name, *items = (spec or "none").strip().split(":")
     if name not in OPTIONS:
         raise ConfigError(f"{field}: unknown codec {name!r}; available: {', '.join(CODECS)}")
@@ -235,7 +239,7 @@ def parse_codec(spec: str, field: str = "comm.compression") -> Codec:
             raise ConfigError(f"{field}: {spec!r}: bad option {item!r} for {name} (options: {allowed})")
         opts[key.strip()] = value.strip()
     try:
-        return build_codec(name, opts)
+        return build_codec(name, opts, rank)
     except ValueError as e:
         raise ConfigError(f"{field}: {spec!r}: {e}") from None
 
@@ -250,7 +254,7 @@ def number(opts: dict, key: str, kind: type, default, ok, allowed: str):
     return value
 
 
-def build_codec(name: str, opts: dict) -> Codec:
+def build_codec(name: str, opts: dict, rank: int) -> Codec:
     seed = number(opts, "seed", int, 0, lambda v: v >= 0, "an int >= 0")
     if name == "none":
         return Codec()
@@ -259,7 +263,7 @@ def build_codec(name: str, opts: dict) -> Codec:
     if name in ("int8", "qsgd"):
         bits = 8 if name == "int8" else number(opts, "bits", int, 4, lambda v: v in (2, 4, 8), "2, 4 or 8")
         chunk = number(opts, "chunk", int, 1024, lambda v: v >= 1, "an int >= 1")
-        return QSGD(bits, chunk, seed)
+        return QSGD(bits, chunk, seed * 1_000_003 + rank)
     if name == "sign":
         return Sign()
     ratio = number(opts, "ratio", float, 0.01, lambda v: 0 < v <= 1, "in (0, 1]")

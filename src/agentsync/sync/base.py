@@ -79,7 +79,7 @@ class Strategy(abc.ABC):
             return None
         if not self.supports_compression:
             raise ConfigError(compression_refused(self.config.name, spec))
-        return Compression(parse_codec(spec))
+        return Compression(parse_codec(spec, rank=self.comm.rank))
 
     @classmethod
     def world_size(cls, workers: int, servers: int) -> int:
