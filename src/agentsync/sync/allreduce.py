@@ -11,6 +11,9 @@ the autograd engine waits for every bucket before ``backward()`` returns, as DDP
 and :meth:`step` — clipping, logging, scaling — acts on the averaged gradient exactly as under DDP.
 :meth:`step` then runs the update (non-finite skip, clipping, step) and, for models with
 buffers, broadcasts worker 0's buffers, as DDP's ``broadcast_buffers`` keeps them equal.
+Under ``comm.compression`` each bucket goes through the codec stage instead of a plain all-reduce
+(:func:`~agentsync.sync.compressed.all_sum_async`, error feedback per bucket); ``p.grad`` still
+holds the (decoded) average when backward returns.
 """
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ The inner optimizer is the run's ``optimizer`` section (the strategy prefers Ada
 Its state is kept across outer steps, as in DiLoCo. The outer optimizer — Nesterov SGD, or plain
 SGD when ``outer_momentum`` is 0 — steps θ_start, a tensor of its own that every replica copies
 after each outer step, so all replicas and all ranks' θ_start are identical at that point. θ_start
-and the outer optimizer's state are checkpointed with the strategy.
+and the outer optimizer's state are checkpointed with the strategy. Under ``comm.compression`` each
+replica sends θ_start − θ_i through the codec stage, with error feedback, instead of θ_i.
 """
 from __future__ import annotations
 
