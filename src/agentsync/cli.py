@@ -68,6 +68,8 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--straggler", metavar="RANK:SECONDS", help="that rank sleeps SECONDS every step")
     parser.add_argument("--net", metavar="latency=2ms,bandwidth=1Gbit",
                         help="simulate a slower network: each message arrives latency + bytes/bandwidth late")
+    parser.add_argument("--compress", metavar="SPEC",
+                        help="compress what the strategy sends, e.g. fp16, topk:ratio=0.01 (comm.compression)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.OPTION=VALUE",
                         help="override any option, e.g. --set strategy.alpha=0.5 (repeatable)")
 
@@ -75,7 +77,8 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
 def run_flags(args: argparse.Namespace) -> dict:
     return {"task.name": args.task, "strategy.name": args.strategy, "workers": args.workers,
             "servers": args.servers, "steps": args.steps, "seed": args.seed, "launch.name": args.launcher,
-            "launch.max_restarts": args.max_restarts, "comm.straggler": args.straggler, "comm.net": args.net}
+            "launch.max_restarts": args.max_restarts, "comm.straggler": args.straggler, "comm.net": args.net,
+            "comm.compression": args.compress}
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -28,6 +28,7 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
+from agentsync.compress import parse_codec
 from agentsync.errors import ConfigError
 from agentsync.faults import Faults, parse_faults, parse_stragglers
 from agentsync.netsim import NetSim
@@ -55,6 +56,9 @@ class CommConfig(Options):
     """Fault injection for tests, as RANK:KIND@STEP[,...]; KIND is kill (SIGKILL), hang, or nan (NaN gradient)."""
     net: str = ""
     """Simulated network, e.g. latency=20ms,bandwidth=1Gbit: every message arrives latency + bytes/bandwidth late."""
+    compression: str = "none"
+    """Codec for what the strategy sends, as NAME[:KEY=VALUE...]: none, fp16, bf16, int8, qsgd:bits=4, sign,
+    topk:ratio=0.01, randk:ratio=0.01; with error feedback (allreduce, local-sgd, diloco; see docs/compression.md)."""
 
     def validate(self, section: str) -> None:
         choice(self.backend, f"{section}.backend", ("auto", "gloo", "nccl"))
@@ -64,6 +68,7 @@ class CommConfig(Options):
         parse_stragglers(self.straggler)
         parse_faults(self.fault)
         NetSim.parse(self.net)
+        parse_codec(self.compression, f"{section}.compression")
 
 
 def leave_process(code: int) -> None:
@@ -311,14 +316,19 @@ class Comm:
 
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         """Every rank's ``tensor`` (same shape on all ranks); ring volume (W-1) copies each way."""
+        out, work = self.all_gather_async(tensor)
+        work.wait()
+        return out
+
+    def all_gather_async(self, tensor: torch.Tensor) -> tuple[list[torch.Tensor], Work]:
+        """Start an all-gather; the list holds every rank's ``tensor`` once the Work is waited for."""
         n, size = self.world_size, tensor.numel() * tensor.element_size()
         if n == 1:
-            return [tensor.clone()]
+            return [tensor.clone()], Work(self, None)
         out = [torch.empty_like(tensor) for _ in range(n)]
         self._account(size * (n - 1), size * (n - 1), n - 1)
-        Work(self, dist.all_gather(out, tensor, group=self.group, async_op=True),
-             self._simulated("all_gather", size, n)).wait()
-        return out
+        return out, Work(self, dist.all_gather(out, tensor, group=self.group, async_op=True),
+                         self._simulated("all_gather", size, n))
 
     def barrier(self) -> None:
         if self.world_size > 1:

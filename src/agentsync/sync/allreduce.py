@@ -11,6 +11,9 @@ the autograd engine waits for every bucket before ``backward()`` returns, as DDP
 and :meth:`step` — clipping, logging, scaling — acts on the averaged gradient exactly as under DDP.
 :meth:`step` then runs the update (non-finite skip, clipping, step) and, for models with
 buffers, broadcasts worker 0's buffers, as DDP's ``broadcast_buffers`` keeps them equal.
+Under ``comm.compression`` each bucket goes through the codec stage instead of a plain all-reduce
+(:func:`~agentsync.sync.compressed.all_sum_async`, error feedback per bucket); ``p.grad`` still
+holds the (decoded) average when backward returns.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from torch import nn
 from agentsync.comm import Work
 from agentsync.options import check
 from agentsync.sync.base import Strategy, StrategyConfig, broadcast_buffers_
+from agentsync.sync.compressed import Decoding, all_sum_async
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -50,7 +54,7 @@ class Bucket:
         self.views = [self.buffer[a:b].view_as(p) for a, b, p in zip(offsets, offsets[1:], params)]
         self.ready = [False] * len(params)
         self.pending = len(params)
-        self.work: Work | None = None
+        self.work: Work | Decoding | None = None
 
     def mark_ready(self, i: int, world_size: int) -> None:
         """Parameter ``i``'s gradient is complete: make sure it lives in the bucket, divided by W
@@ -94,6 +98,7 @@ class AllReduce(Strategy):
 
     Config = AllReduceConfig
     description = "average gradients every step by bucketed all-reduce (DDP); replicas identical"
+    supports_compression = True
 
     def _setup(self) -> None:
         super()._setup()
@@ -128,7 +133,10 @@ class AllReduce(Strategy):
                 return
             if bucket.pending:
                 bucket.fill_unready_()
-            bucket.work = self.comm.all_reduce_async(bucket.buffer)
+            if self.compression is None:
+                bucket.work = self.comm.all_reduce_async(bucket.buffer)
+            else:  # the buffer holds g_i / W: the decoded sum is the average
+                bucket.work = all_sum_async(self.comm, self.compression, f"bucket{self._next}", bucket.buffer)
             self._next += 1
 
     def _reduce_all(self) -> None:

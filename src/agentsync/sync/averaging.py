@@ -18,7 +18,9 @@ import torch
 from torch import nn
 
 from agentsync.comm import Comm
+from agentsync.compress import Compression
 from agentsync.sync.base import Strategy
+from agentsync.sync.compressed import average_compressed_
 
 
 def flat_params(model: nn.Module) -> torch.Tensor:
@@ -67,6 +69,14 @@ def average_params_(comm: Comm, model: nn.Module) -> None:
     """θ_i ← mean_j θ_j, in one all-reduce of the flattened parameters; buffers averaged alongside."""
     set_flat_params_(model, comm.average_(flat_params(model)))
     average_buffers_(comm, model)
+
+
+@torch.no_grad()
+def average_pseudo_gradient(comm: Comm, compression: Compression, anchor: torch.Tensor,
+                            model: nn.Module) -> torch.Tensor:
+    """mean_i (anchor − θ_i), each rank's part sent compressed with error feedback: what a
+    compressed parameter average sends instead of θ_i, whose values do not shrink as training goes."""
+    return average_compressed_(comm, compression, "pseudo_gradient", anchor - flat_params(model))
 
 
 @torch.no_grad()

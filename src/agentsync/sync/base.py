@@ -9,6 +9,8 @@ import torch
 from torch import nn
 
 from agentsync.comm import Comm
+from agentsync.compress import Compression, is_none, parse_codec
+from agentsync.errors import ConfigError
 from agentsync.optim import OptimizerConfig
 from agentsync.options import Options, check
 from agentsync.update import Update, UpdateRule
@@ -56,6 +58,8 @@ class Strategy(abc.ABC):
     """Optimizer settings this strategy is meant to run with, over the task's, under the user's."""
     midrun_checkpoints: ClassVar[bool] = True
     """False where state lives on ranks that are busy serving (parameter servers): checkpoint at the end only."""
+    supports_compression: ClassVar[bool] = False
+    """True where ``comm.compression`` applies: the strategy sends its payloads through a codec."""
     max_steps: int | None = None
     """The run's step budget when the runtime drives the loop (lets global-step strategies stop early)."""
 
@@ -67,6 +71,15 @@ class Strategy(abc.ABC):
         self.optimizer: torch.optim.Optimizer | None = None
         self.update: Update | None = None
         self._restored: dict | None = None  # state from a checkpoint, applied by setup once the parts exist
+        self.compression = self._compression(comm.config.compression)
+
+    def _compression(self, spec: str) -> Compression | None:
+        """The codec stage, or None for ``none`` (today's uncompressed path, unchanged)."""
+        if is_none(spec):
+            return None
+        if not self.supports_compression:
+            raise ConfigError(compression_refused(self.config.name, spec))
+        return Compression(parse_codec(spec, rank=self.comm.rank))
 
     @classmethod
     def world_size(cls, workers: int, servers: int) -> int:
@@ -161,12 +174,25 @@ class Strategy(abc.ABC):
 
     def state_dict(self) -> dict:
         """Strategy state a checkpoint must keep besides model and optimizer (e.g. an outer optimizer)."""
-        return {"steps": self.steps, "update": self.update.state_dict()}
+        state = {"steps": self.steps, "update": self.update.state_dict()}
+        if self.compression is not None:  # residuals and the codec's generator: resume is exact
+            state["compression"] = self.compression.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Called before :meth:`setup` on a resumed run; state that needs the model waits for setup."""
         self.steps = int(state["steps"])
+        if self.compression is not None and "compression" in state:
+            self.compression.load_state_dict(state["compression"])
         self._restored = state
+
+
+def compression_refused(strategy: str, spec: str) -> str:
+    """The one-line error for a codec given to a strategy that does not send through one."""
+    from agentsync.sync import STRATEGIES  # the registry imports this module
+    able = ", ".join(name for name, cls in STRATEGIES.items() if cls.supports_compression)
+    return (f"comm.compression={spec} is not supported by strategy {strategy}; "
+            f"strategies that support it: {able}")
 
 
 def check_unit_interval(value: float, field: str) -> None:

@@ -6,7 +6,8 @@ The inner optimizer is the run's ``optimizer`` section (the strategy prefers Ada
 Its state is kept across outer steps, as in DiLoCo. The outer optimizer — Nesterov SGD, or plain
 SGD when ``outer_momentum`` is 0 — steps θ_start, a tensor of its own that every replica copies
 after each outer step, so all replicas and all ranks' θ_start are identical at that point. θ_start
-and the outer optimizer's state are checkpointed with the strategy.
+and the outer optimizer's state are checkpointed with the strategy. Under ``comm.compression`` each
+replica sends θ_start − θ_i through the codec stage, with error feedback, instead of θ_i.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import torch
 
 from agentsync.optim import OptimizerConfig
 from agentsync.options import check
-from agentsync.sync.averaging import Decentralized, average_buffers_, flat_params, set_flat_params_
+from agentsync.sync.averaging import (Decentralized, average_buffers_, average_pseudo_gradient, flat_params,
+                                      set_flat_params_)
 from agentsync.sync.base import StrategyConfig
 
 
@@ -43,6 +45,7 @@ class DiLoCo(Decentralized):
     Config = DiLoCoConfig
     description = "inner optimizer for H steps, outer Nesterov SGD on the averaged pseudo-gradient"
     preferred_optimizer: ClassVar[OptimizerConfig] = OptimizerConfig(name="adamw", lr=1e-3, weight_decay=0.01)
+    supports_compression = True
 
     def __init__(self, config: DiLoCoConfig, comm, *, num_workers: int | None = None) -> None:
         super().__init__(config, comm, num_workers=num_workers)
@@ -68,8 +71,11 @@ class DiLoCo(Decentralized):
     @torch.no_grad()
     def outer_step_(self) -> None:
         """Δ = θ_start − mean_i θ_i; θ_start ← outer step; every replica ← θ_start (by value)."""
-        mean = self.comm.average_(flat_params(self.model))
-        self.start.grad = self.start.detach() - mean
+        if self.compression is None:
+            mean = self.comm.average_(flat_params(self.model))
+            self.start.grad = self.start.detach() - mean
+        else:  # each replica's θ_start − θ_i sent compressed, with error feedback
+            self.start.grad = average_pseudo_gradient(self.comm, self.compression, self.start.detach(), self.model)
         self.outer.step()
         set_flat_params_(self.model, self.start.detach())
         average_buffers_(self.comm, self.model)

@@ -1,0 +1,320 @@
+"""Gradient and pseudo-gradient compression: codecs, and error feedback that keeps what they drop.
+
+A :class:`Codec` turns a dense tensor into an :class:`Encoded` payload (a few tensors: values,
+indices, scales) and back. Codecs are named by a spec string, as strategies are in ``compare``:
+``NAME[:KEY=VALUE...]``, e.g. ``topk:ratio=0.01`` or ``qsgd:bits=4``. A *linear* codec's payloads
+can be summed while encoded (fp16, bf16: the transport all-reduces them); the others travel by
+all-gather and every rank decodes each payload and sums.
+
+:class:`ErrorFeedback` holds one tensor's residual, what compression dropped so far, and adds it
+to the next input (Seide et al., 2014; Karimireddy et al., 2019), so nothing is lost for good:
+after T steps, sum of inputs = sum of decoded payloads + residual. :class:`Compression` is a
+strategy's codec with one error-feedback memory per payload it sends, checkpointable.
+
+Example::
+
+    codec = parse_codec("topk:ratio=0.01")
+    feedback = ErrorFeedback(codec)
+    encoded = feedback.compress(grad)          # top 1% of grad + residual
+    codec.nbytes(encoded)                      # what goes on the wire: values and indices
+    dense = codec.decode(encoded)
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from agentsync.errors import ConfigError
+
+__all__ = ["CODECS", "Codec", "Compression", "Encoded", "ErrorFeedback", "is_none", "parse_codec"]
+
+
+@dataclasses.dataclass
+class Encoded:
+    """A compressed tensor: ``tensors`` go on the wire; ``shape`` and ``dtype`` every rank knows."""
+
+    tensors: dict[str, torch.Tensor]
+    shape: torch.Size
+    dtype: torch.dtype
+    shared: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    """What every rank derives alike and so does not travel (random-k's indices)."""
+
+    def to_bytes(self) -> torch.Tensor:
+        """The payload as one uint8 vector, so it travels as one message."""
+        return torch.cat([t.contiguous().reshape(-1).view(torch.uint8) for t in self.tensors.values()])
+
+    def like(self, data: torch.Tensor) -> "Encoded":
+        """Another rank's payload, from its :meth:`to_bytes`; shapes are this one's (equal on every rank)."""
+        tensors, offset = {}, 0
+        for key, t in self.tensors.items():
+            n = t.numel() * t.element_size()
+            tensors[key] = data[offset:offset + n].clone().view(t.dtype).view(t.shape)  # clone: aligned
+            offset += n
+        return Encoded(tensors, self.shape, self.dtype, self.shared)
+
+
+class Codec:
+    """Encode a dense tensor into a smaller payload and decode it back.
+
+    Attributes:
+        linear: payloads can be summed while encoded (decode(a + b) = decode(a) + decode(b)).
+        sparse: the payload carries a subset of the coordinates.
+    """
+
+    name = "none"
+    linear = True
+    sparse = False
+
+    def encode(self, x: torch.Tensor) -> Encoded:
+        return Encoded({"values": x.detach().clone()}, x.shape, x.dtype)
+
+    def decode(self, encoded: Encoded) -> torch.Tensor:
+        return encoded.tensors["values"].to(encoded.dtype).view(encoded.shape)
+
+    def nbytes(self, encoded: Encoded) -> int:
+        """Exact bytes of the payload on the wire (what the byte meter counts)."""
+        return sum(t.numel() * t.element_size() for t in encoded.tensors.values())
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class Cast(Codec):
+    """fp16 / bf16: half the bytes; payloads sum in reduced precision (linear)."""
+
+    def __init__(self, name: str, dtype: torch.dtype) -> None:
+        self.name, self.low = name, dtype
+
+    def encode(self, x: torch.Tensor) -> Encoded:
+        return Encoded({"values": x.detach().to(self.low)}, x.shape, x.dtype)
+
+
+class Seeded(Codec):
+    """A codec that draws random numbers from its own generator (checkpointed for exact resume)."""
+
+    def __init__(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Unsigned ``bits``-bit codes (``bits`` divides 8), 8 // bits to a byte."""
+    per = 8 // bits
+    flat = torch.nn.functional.pad(codes.reshape(-1).to(torch.uint8), (0, -codes.numel() % per))
+    shifts = torch.arange(per, dtype=torch.uint8, device=codes.device) * bits
+    return (flat.view(-1, per) << shifts).sum(dim=1, dtype=torch.uint8)
+
+
+def unpack(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    per = 8 // bits
+    shifts = torch.arange(per, dtype=torch.uint8, device=packed.device) * bits
+    return ((packed.view(-1, 1) >> shifts) & ((1 << bits) - 1)).reshape(-1)[:n]
+
+
+class QSGD(Seeded):
+    """``bits``-bit levels with stochastic rounding (unbiased), one fp32 scale (max |x|) per chunk;
+    ``seed`` is the rank's own (see :func:`parse_codec`)."""
+
+    linear = False
+
+    def __init__(self, bits: int, chunk: int, seed: int) -> None:
+        super().__init__(seed)
+        self.name, self.bits, self.chunk = f"qsgd:bits={bits}", bits, chunk
+        self.levels = (1 << (bits - 1)) - 1  # levels -L..L, coded as 0..2L
+
+    def encode(self, x: torch.Tensor) -> Encoded:
+        flat = x.detach().reshape(-1).float()
+        chunks = torch.nn.functional.pad(flat, (0, -flat.numel() % self.chunk)).view(-1, self.chunk)
+        scales = chunks.abs().amax(dim=1)
+        scaled = chunks / scales.clamp_min(torch.finfo(torch.float32).tiny).unsqueeze(1) * self.levels
+        noise = torch.rand(scaled.shape, generator=self.generator).to(scaled.device)
+        levels = torch.floor(scaled + noise).clamp_(-self.levels, self.levels)
+        codes = (levels + self.levels).reshape(-1)[:flat.numel()]
+        return Encoded({"codes": pack(codes, self.bits), "scales": scales}, x.shape, x.dtype)
+
+    def decode(self, encoded: Encoded) -> torch.Tensor:
+        n = math.prod(encoded.shape)
+        codes = unpack(encoded.tensors["codes"], self.bits, n).float() - self.levels
+        codes = torch.nn.functional.pad(codes, (0, -n % self.chunk)).view(-1, self.chunk)
+        values = codes * (encoded.tensors["scales"] / self.levels).unsqueeze(1)
+        return values.reshape(-1)[:n].to(encoded.dtype).view(encoded.shape)
+
+
+class Sign(Codec):
+    """1 bit per coordinate, scaled by mean |x| (signSGD with a scale; biased, needs error feedback)."""
+
+    name, linear = "sign", False
+
+    def encode(self, x: torch.Tensor) -> Encoded:
+        flat = x.detach().reshape(-1)
+        scale = flat.abs().mean().float().reshape(1)
+        return Encoded({"signs": pack(flat >= 0, 1), "scale": scale}, x.shape, x.dtype)
+
+    def decode(self, encoded: Encoded) -> torch.Tensor:
+        signs = unpack(encoded.tensors["signs"], 1, math.prod(encoded.shape)).float() * 2 - 1
+        return (signs * encoded.tensors["scale"]).to(encoded.dtype).view(encoded.shape)
+
+
+def kept(ratio: float, n: int) -> int:
+    """Coordinates a sparse codec keeps out of ``n``: at least one."""
+    return max(1, min(n, int(math.ceil(ratio * n))))
+
+
+class TopK(Codec):
+    """The ``ratio`` largest-magnitude coordinates: values and int32 indices (biased)."""
+
+    linear, sparse = False, True
+
+    def __init__(self, ratio: float) -> None:
+        self.name, self.ratio = f"topk:ratio={ratio:g}", ratio
+
+    def encode(self, x: torch.Tensor) -> Encoded:
+        flat = x.detach().reshape(-1)
+        index = flat.abs().topk(kept(self.ratio, flat.numel()), sorted=False).indices
+        return Encoded({"values": flat[index], "indices": index.to(torch.int32)}, x.shape, x.dtype)
+
+    def decode(self, encoded: Encoded) -> torch.Tensor:
+        values = encoded.tensors["values"]
+        dense = torch.zeros(math.prod(encoded.shape), dtype=encoded.dtype, device=values.device)
+        dense[encoded.tensors["indices"].long()] = values.to(encoded.dtype)
+        return dense.view(encoded.shape)
+
+
+class RandK(Seeded):
+    """``ratio`` of the coordinates drawn at random, the same on every rank (one shared seed), so
+    only the values travel; unscaled (biased, like top-k, and meant for error feedback)."""
+
+    linear, sparse = False, True
+
+    def __init__(self, ratio: float, seed: int) -> None:
+        super().__init__(seed)
+        self.name, self.ratio = f"randk:ratio={ratio:g}", ratio
+
+    def encode(self, x: torch.Tensor) -> Encoded:
+        flat = x.detach().reshape(-1)
+        index = torch.randperm(flat.numel(), generator=self.generator)[:kept(self.ratio, flat.numel())]
+        index = index.to(flat.device)
+        return Encoded({"values": flat[index]}, x.shape, x.dtype, {"indices": index})
+
+    def decode(self, encoded: Encoded) -> torch.Tensor:
+        values = encoded.tensors["values"]
+        dense = torch.zeros(math.prod(encoded.shape), dtype=encoded.dtype, device=values.device)
+        dense[encoded.shared["indices"]] = values.to(encoded.dtype)
+        return dense.view(encoded.shape)
+
+
+CODECS = ("none", "fp16", "bf16", "int8", "qsgd", "sign", "topk", "randk")
+OPTIONS = {"none": (), "fp16": (), "bf16": (), "sign": (), "int8": ("chunk", "seed"),
+           "qsgd": ("bits", "chunk", "seed"), "topk": ("ratio",), "randk": ("ratio", "seed")}
+
+
+def is_none(spec: str) -> bool:
+    """True for the codec ``none``: no codec stage at all, today's uncompressed path."""
+    return spec.strip() in ("", "none")
+
+
+def parse_codec(spec: str, field: str = "comm.compression", *, rank: int = 0) -> Codec:
+    """A codec from ``NAME[:KEY=VALUE...]``; a bad spec raises a one-line :class:`ConfigError`.
+
+    ``rank`` gives stochastic rounding its own stream on each rank (errors independent, so
+    averaging shrinks them); random-k's stream is the same on every rank (same indices)."""
+    name, *items = (spec or "none").strip().split(":")
+    if name not in OPTIONS:
+        raise ConfigError(f"{field}: unknown codec {name!r}; available: {', '.join(CODECS)}")
+    opts: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key.strip() not in OPTIONS[name]:
+            allowed = ", ".join(OPTIONS[name]) or "none"
+            raise ConfigError(f"{field}: {spec!r}: bad option {item!r} for {name} (options: {allowed})")
+        opts[key.strip()] = value.strip()
+    try:
+        return build_codec(name, opts, rank)
+    except ValueError as e:
+        raise ConfigError(f"{field}: {spec!r}: {e}") from None
+
+
+def number(opts: dict, key: str, kind: type, default, ok, allowed: str):
+    try:
+        value = kind(opts.get(key, default))
+    except ValueError:
+        raise ValueError(f"{key} must be {allowed} (got {opts[key]!r})") from None
+    if not ok(value):
+        raise ValueError(f"{key} must be {allowed} (got {opts[key]!r})")
+    return value
+
+
+def build_codec(name: str, opts: dict, rank: int) -> Codec:
+    seed = number(opts, "seed", int, 0, lambda v: v >= 0, "an int >= 0")
+    if name == "none":
+        return Codec()
+    if name in ("fp16", "bf16"):
+        return Cast(name, torch.float16 if name == "fp16" else torch.bfloat16)
+    if name in ("int8", "qsgd"):
+        bits = 8 if name == "int8" else number(opts, "bits", int, 4, lambda v: v in (2, 4, 8), "2, 4 or 8")
+        chunk = number(opts, "chunk", int, 1024, lambda v: v >= 1, "an int >= 1")
+        return QSGD(bits, chunk, seed * 1_000_003 + rank)
+    if name == "sign":
+        return Sign()
+    ratio = number(opts, "ratio", float, 0.01, lambda v: 0 < v <= 1, "in (0, 1]")
+    return TopK(ratio) if name == "topk" else RandK(ratio, seed)
+
+
+class ErrorFeedback:
+    """One tensor's residual: what compression has dropped so far, added back to the next input."""
+
+    def __init__(self, codec: Codec) -> None:
+        self.codec = codec
+        self.residual: torch.Tensor | None = None
+
+    def compress(self, x: torch.Tensor) -> Encoded:
+        """Encode x + residual; the residual becomes what that encoding dropped.
+
+        A non-finite input leaves the residual as it was: its payload is non-finite, the step
+        contract skips that step on every rank, and a NaN kept here would poison every later one.
+        """
+        corrected = x.detach() if self.residual is None else x.detach() + self.residual
+        encoded = self.codec.encode(corrected)
+        residual = corrected - self.codec.decode(encoded)
+        if bool(torch.isfinite(residual).all()):
+            self.residual = residual
+        return encoded
+
+    def state_dict(self) -> dict:
+        return {"residual": None if self.residual is None else self.residual.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.residual = state["residual"]
+
+
+class Compression:
+    """A strategy's codec and one error-feedback memory per payload it sends (a bucket, the flat
+    parameters), created on first use; checkpointed with the strategy so resume is exact."""
+
+    def __init__(self, codec: Codec) -> None:
+        self.codec = codec
+        self.feedback: dict[str, ErrorFeedback] = {}
+
+    def compress(self, key: str, x: torch.Tensor) -> Encoded:
+        if key not in self.feedback:
+            self.feedback[key] = ErrorFeedback(self.codec)
+        return self.feedback[key].compress(x)
+
+    def state_dict(self) -> dict:
+        return {"codec": self.codec.state_dict(),
+                "feedback": {k: f.state_dict() for k, f in self.feedback.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.codec.load_state_dict(state["codec"])
+        for key, saved in state["feedback"].items():
+            self.feedback.setdefault(key, ErrorFeedback(self.codec)).load_state_dict(saved)

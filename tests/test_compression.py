@@ -1,0 +1,223 @@
+"""Compression with error feedback: codecs and residuals in one process, then the codec stage in
+real two-worker runs (allreduce, local-sgd): ``none`` changes nothing, a lossless codec changes
+nothing, bytes are the encoded payload's, and resume is exact."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from agentsync.cli import main
+from agentsync.comm import Comm, CommConfig
+from agentsync.compress import Compression, ErrorFeedback, parse_codec
+from agentsync.errors import ConfigError
+from agentsync.sync.compressed import all_sum_async
+from conftest import agentsync, train
+
+N = 3000
+SPECS = ["none", "fp16", "bf16", "int8", "qsgd:bits=4", "qsgd:bits=2", "sign", "topk:ratio=0.01",
+         "randk:ratio=0.05"]
+SGD = ["--set", "optimizer.name=sgd", "--set", "optimizer.lr=0.05", "--set", "optimizer.momentum=0"]
+
+
+def analytic_nbytes(spec: str, n: int) -> int:
+    """Bytes on the wire for an fp32 tensor of n elements, worked out by hand."""
+    if spec in ("fp16", "bf16"):
+        return 2 * n
+    if spec == "int8":
+        return n + 4 * math.ceil(n / 1024)
+    if spec.startswith("qsgd"):
+        bits = int(spec.split("=")[1])
+        return math.ceil(n * bits / 8) + 4 * math.ceil(n / 1024)
+    if spec == "sign":
+        return math.ceil(n / 8) + 4
+    if spec.startswith("topk"):
+        return 8 * max(1, math.ceil(float(spec.split("=")[1]) * n))  # fp32 values, int32 indices
+    if spec.startswith("randk"):
+        return 4 * max(1, math.ceil(float(spec.split("=")[1]) * n))  # indices shared by seed, not sent
+    return 4 * n
+
+
+# -- one process ------------------------------------------------------------------------------
+@pytest.mark.parametrize("spec", SPECS)
+def test_encoded_size_is_the_analytic_size_and_travels_as_bytes(spec):
+    codec = parse_codec(spec)
+    x = torch.randn(N, generator=torch.Generator().manual_seed(1))
+    encoded = codec.encode(x)
+    assert codec.nbytes(encoded) == analytic_nbytes(spec, N) == encoded.to_bytes().numel()
+    assert torch.equal(codec.decode(encoded.like(encoded.to_bytes())), codec.decode(encoded))
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_error_feedback_loses_nothing(spec):
+    """After T steps: Σ transmitted (decoded) + final residual = Σ raw inputs."""
+    codec, gen = parse_codec(spec), torch.Generator().manual_seed(2)
+    feedback = ErrorFeedback(codec)
+    inputs = [torch.randn(N, generator=gen) for _ in range(20)]
+    sent = sum(codec.decode(feedback.compress(x)) for x in inputs)
+    assert torch.allclose(sent + feedback.residual, sum(inputs), atol=1e-4, rtol=0)
+    before = feedback.residual.clone()
+    feedback.compress(torch.full((N,), float("nan")))
+    assert torch.equal(feedback.residual, before)  # a skipped (non-finite) step is not remembered
+
+
+def test_qsgd_is_unbiased_and_lossless_codecs_are_exact():
+    codec = parse_codec("qsgd:bits=4")
+    x = torch.randn(N, generator=torch.Generator().manual_seed(3))
+    mean = sum(codec.decode(codec.encode(x)) for _ in range(400)) / 400
+    assert (mean - x).abs().mean() < 0.02
+    for spec in ("none", "topk:ratio=1.0"):
+        lossless = parse_codec(spec)
+        assert torch.equal(lossless.decode(lossless.encode(x)), x)
+
+
+def test_stochastic_rounding_differs_by_rank_and_random_k_indices_do_not():
+    x = torch.randn(N, generator=torch.Generator().manual_seed(6))
+    qsgd = [parse_codec("qsgd:bits=2", rank=r).encode(x).to_bytes() for r in (0, 1)]
+    assert not torch.equal(*qsgd)
+    randk = [parse_codec("randk:ratio=0.1", rank=r).encode(x).to_bytes() for r in (0, 1)]
+    assert torch.equal(*randk)
+
+
+def test_compression_state_round_trip_continues_identically():
+    """Residuals and the codec's generator come back from a state dict: what follows is the same."""
+    gen = torch.Generator().manual_seed(4)
+    inputs = [torch.randn(N, generator=gen) for _ in range(6)]
+    a = Compression(parse_codec("qsgd:bits=2"))
+    for x in inputs[:3]:
+        a.compress("bucket0", x)
+    b = Compression(parse_codec("qsgd:bits=2"))
+    b.load_state_dict(a.state_dict())
+    for x in inputs[3:]:
+        assert torch.equal(a.compress("bucket0", x).to_bytes(), b.compress("bucket0", x).to_bytes())
+
+
+def test_all_sum_on_one_rank_is_the_decoded_payload():
+    comm = Comm(0, 1, CommConfig())
+    x = torch.randn(N, generator=torch.Generator().manual_seed(5))
+    for spec in ("fp16", "topk:ratio=0.1"):
+        compression, out = Compression(parse_codec(spec)), x.clone()
+        all_sum_async(comm, compression, "t", out).wait()
+        assert torch.allclose(out + compression.feedback["t"].residual, x, atol=1e-6)
+
+
+BAD = {
+    "unknown codec": (["--compress", "zip"], "comm.compression: unknown codec 'zip'; available: none, fp16"),
+    "ratio out of range": (["--compress", "topk:ratio=2"], "ratio must be in (0, 1] (got '2')"),
+    "bad bits": (["--compress", "qsgd:bits=3"], "bits must be 2, 4 or 8"),
+    "unknown option": (["--compress", "fp16:ratio=0.1"], "bad option 'ratio=0.1' for fp16"),
+    "via --set": (["--set", "comm.compression=topk:ratio=0"], "ratio must be in (0, 1]"),
+    **{f"{s} refuses": (["--strategy", s, "--compress", "fp16"],
+                        f"comm.compression=fp16 is not supported by strategy {s}; "
+                        "strategies that support it: allreduce, local-sgd, diloco")
+       for s in ("none", "gossip", "ensemble", "ps-sync", "ps-async", "ssp", "easgd")},
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_compression_is_one_line_exit_2(case, tmp_path, capsys, monkeypatch):
+    argv, expected = BAD[case]
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("agentsync: error: ") and expected in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_strategy_built_outside_the_cli_refuses_too():
+    from agentsync.sync import STRATEGIES
+    cls = STRATEGIES["gossip"]
+    with pytest.raises(ConfigError, match="not supported by strategy gossip"):
+        cls(cls.Config(), Comm(0, 1, CommConfig(compression="sign")))
+
+
+# -- two workers ------------------------------------------------------------------------------
+def final_model(run_dir) -> dict:
+    return torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
+
+
+def assert_identical(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), (key, (a[key] - b[key]).abs().max())
+
+
+@pytest.fixture(scope="module")
+def allreduce_plain(tmp_path_factory):
+    """allreduce, W=2, 50 SGD steps, no compression option at all."""
+    run = tmp_path_factory.mktemp("plain") / "run"
+    train(run, "--workers", "2", "--steps", "50", *SGD)
+    return run
+
+
+@pytest.mark.timeout(240)
+def test_allreduce_none_and_lossless_topk_are_bit_identical(tmp_path, allreduce_plain):
+    plain = final_model(allreduce_plain)
+    train(tmp_path / "none", "--workers", "2", "--steps", "50", "--compress", "none", *SGD)
+    assert_identical(final_model(tmp_path / "none"), plain)
+    train(tmp_path / "topk", "--workers", "2", "--steps", "50", "--compress", "topk:ratio=1.0", *SGD)
+    assert_identical(final_model(tmp_path / "topk"), plain)
+
+
+@pytest.mark.timeout(240)
+def test_allreduce_fp16_is_close_to_fp32_and_counts_half_the_bytes(tmp_path, allreduce_plain):
+    summary = train(tmp_path / "fp16", "--workers", "2", "--steps", "50", "--compress", "fp16", *SGD)
+    plain, half = final_model(allreduce_plain), final_model(tmp_path / "fp16")
+    for key in plain:
+        assert (half[key] - plain[key]).norm() <= 1e-2 * plain[key].norm(), key
+    n = sum(t.numel() for t in plain.values())  # one bucket: the digits MLP is under 1 MiB
+    plain_summary = json.loads((allreduce_plain / "summary.json").read_text())
+    for rank, stats in enumerate(summary["comm_per_rank"]):
+        assert stats["bytes_sent"] == 50 * 2 * (2 - 1) / 2 * 2 * n  # ring all-reduce of fp16 values
+        assert stats["bytes_sent"] * 2 == plain_summary["comm_per_rank"][rank]["bytes_sent"]
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("spec", ["topk:ratio=0.01", "sign"])
+def test_allreduce_gathered_codec_counts_the_encoded_payload(tmp_path, allreduce_plain, spec):
+    """An all-gather of W payloads: each rank sends its payload to W-1 others and receives theirs."""
+    steps, workers = 20, 2
+    summary = train(tmp_path / "run", "--workers", str(workers), "--steps", str(steps), "--compress", spec, *SGD)
+    n = sum(t.numel() for t in final_model(allreduce_plain).values())
+    for stats in summary["comm_per_rank"]:
+        assert stats["bytes_sent"] == stats["bytes_received"] == steps * (workers - 1) * analytic_nbytes(spec, n)
+        assert stats["messages"] == steps * (workers - 1)
+
+
+@pytest.mark.timeout(240)
+def test_a_nan_gradient_is_skipped_once_and_not_kept_in_the_residual(tmp_path):
+    """Rank 1's loss is NaN at step 10: that step is skipped on both ranks, and only that one."""
+    summary = train(tmp_path / "nan", "--workers", "2", "--steps", "15", "--compress", "topk:ratio=0.1", *SGD,
+                    "--set", "comm.fault=1:nan@10")
+    assert summary["nonfinite_skipped"] == 1
+    assert all(torch.isfinite(t).all() for t in final_model(tmp_path / "nan").values())
+
+
+LOCAL = ["--strategy", "local-sgd", "--set", "strategy.period=3", "--workers", "2", *SGD]
+
+
+@pytest.mark.timeout(240)
+def test_local_sgd_none_is_bit_identical_to_no_option(tmp_path):
+    train(tmp_path / "plain", *LOCAL, "--steps", "30")
+    train(tmp_path / "none", *LOCAL, "--steps", "30", "--compress", "none")
+    assert_identical(final_model(tmp_path / "none"), final_model(tmp_path / "plain"))
+
+
+DILOCO = ["--strategy", "diloco", "--set", "strategy.inner_steps=3", "--workers", "2", *SGD]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("strategy", ["local-sgd", "diloco"])
+def test_compressed_run_resumes_exactly(tmp_path, strategy):
+    """Residuals, the anchor (θ_start) and qsgd's generator are in the checkpoint: 20 + 20 steps =
+    40 steps. Every 3 steps a synchronisation, so the split falls between two."""
+    args = [*(LOCAL if strategy == "local-sgd" else DILOCO), "--compress", "qsgd:bits=4"]
+    whole = train(tmp_path / "whole", *args, "--steps", "40")
+    train(tmp_path / "split", *args, "--steps", "20")
+    result = agentsync("train", "--resume", str(tmp_path / "split"), "--steps", "40")
+    assert result.returncode == 0, result.stderr
+    assert_identical(final_model(tmp_path / "split"), final_model(tmp_path / "whole"))
+    resumed = json.loads((tmp_path / "split" / "summary.json").read_text())
+    assert resumed["comm"]["bytes_sent"] == whole["comm"]["bytes_sent"]
