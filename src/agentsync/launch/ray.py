@@ -74,8 +74,10 @@ class Rank:
             if checkpoint is not None:
                 (staging / CHECKPOINT).write_bytes(checkpoint)
             run_worker(cfg, staging, resume=resume, progress=progress)
-            return {str(p.relative_to(staging)): p.read_bytes() for p in staging.rglob("*")
-                    if p.is_file() and not (p.name == CHECKPOINT and p.read_bytes() == checkpoint)}
+            files = {str(p.relative_to(staging)): p.read_bytes() for p in staging.rglob("*") if p.is_file()}
+            if checkpoint is not None and files.get(CHECKPOINT) == checkpoint:  # the one it was handed: nothing new
+                del files[CHECKPOINT]
+            return files
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
