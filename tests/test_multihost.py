@@ -53,9 +53,7 @@ def test_torchrun_over_two_hosts_equals_the_local_launcher(hosts, tmp_path):
     summary = json.loads((tmp_path / "two-hosts" / "summary.json").read_text())
     assert summary["workers"] == 4 and summary["steps"] == 30
     assert summary["comm"]["bytes_sent"] == reference["comm"]["bytes_sent"]
-    ours, local = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True)["model"] for d in ("two-hosts", "local"))
-    for key, value in local.items():
-        assert torch.allclose(ours[key], value, atol=1e-6, rtol=0), key
+    assert_same_model(tmp_path / "two-hosts", tmp_path / "local")
 
 
 @pytest.fixture
@@ -100,7 +98,20 @@ def test_ray_over_two_nodes_spreads_ranks_and_brings_outputs_to_the_driver(hosts
     reference = train(tmp_path / "local", *JOB)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["comm"]["bytes_sent"] == reference["comm"]["bytes_sent"]
-    ours, local = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True)["model"] for d in ("ray", "local"))
+    assert_same_model(run, tmp_path / "local")
+    # --resume: ranks on the other node get the checkpoint in their staging folder, and the run
+    # continues as the local launcher's resumed run does
+    resumed = subprocess.run(hosts[0].command(sys.executable, "-m", "agentsync", "train", "--resume", str(run),
+                                              "--steps", "45"),
+                             capture_output=True, text=True, timeout=240, cwd=tmp_path, env=ray_cluster)
+    assert resumed.returncode == 0, resumed.stderr
+    train(tmp_path / "local45", *JOB[:-4], "--steps", "45", "--seed", "3")
+    assert json.loads((run / "summary.json").read_text())["steps"] == 45
+    assert_same_model(run, tmp_path / "local45")
+
+
+def assert_same_model(run_dir, reference_dir) -> None:
+    ours, local = (torch.load(d / "checkpoint.pt", weights_only=True)["model"] for d in (run_dir, reference_dir))
     for key, value in local.items():
         assert torch.allclose(ours[key], value, atol=1e-6, rtol=0), key
 
