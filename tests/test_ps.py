@@ -36,7 +36,7 @@ def test_ps_sync_with_all_replicas_equals_allreduce(tmp_path, allreduce_referenc
         assert torch.allclose(ours[key], value, atol=1e-5, rtol=0), key
     assert summary["updates"] == 50 and summary["servers"] == servers
     # push the gradient, pull the parameters: model bytes each way per worker per step, plus a
-    # 20-byte header (5 float32) per server each way; the end-of-run exchange is not counted
+    # header (four int64, HEADER_BYTES) per server each way; the end-of-run exchange is not counted
     per_step = 2 * (MODEL_BYTES + servers * HEADER_BYTES)
     for rank in range(2):
         events = [e for e in read_jsonl(tmp_path / "run" / "metrics.jsonl") if e["event"] == "train" and e["rank"] == rank]

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from agentsync.sync.ps_protocol import HEADER_BYTES
 from conftest import ENV, ROOT
 
 
@@ -22,5 +23,5 @@ def test_byo_loop_under_torchrun_runs_the_loop_on_workers_only(strategy):
     assert entered == [("0", "0"), ("1", "1")]  # rank 2, the server, never came out of setup()
     accuracy, bytes_sent = re.search(r"accuracy ([\d.]+) bytes_sent (\d+)", result.stdout).groups()
     assert float(accuracy) >= 0.5  # it learned (chance is 0.1); asynchronous arrival order moves the exact figure
-    # 4,810 parameters = 19,240 bytes pushed per step, plus a 20-byte header (one server)
-    assert int(bytes_sent) == 100 * (19_240 + 20)
+    # 4,810 parameters = 19,240 bytes pushed per step, plus the header (one server)
+    assert int(bytes_sent) == 100 * (19_240 + HEADER_BYTES)
