@@ -39,3 +39,4 @@ def test_every_listening_socket_of_a_local_job_is_on_loopback(tmp_path, strategy
     ranks = 3 if strategy == "ps-async" else 2
     assert len(seen) >= ranks, seen  # every rank was seen listening (gloo's pairs, rank 0's store)
     assert {ip for addresses in seen.values() for ip in addresses} == {"127.0.0.1"}, seen
+

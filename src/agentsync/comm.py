@@ -314,6 +314,18 @@ class Comm:
              self._simulated("broadcast", size, n)).wait()
         return tensor
 
+    def gather(self, tensor: torch.Tensor, dst: int = 0) -> list[torch.Tensor] | None:
+        """Every rank's ``tensor`` (same shape on all ranks) at ``dst``, None elsewhere: only ``dst``
+        holds W copies; each other rank sends one, ``dst`` receives W-1."""
+        n, size = self.world_size, tensor.numel() * tensor.element_size()
+        if n == 1:
+            return [tensor.clone()]
+        out = [torch.empty_like(tensor) for _ in range(n)] if self.rank == dst else None
+        self._account(0, size * (n - 1), n - 1) if self.rank == dst else self._account(size, 0, 1)
+        Work(self, dist.gather(tensor, out, dst=self.global_rank(dst), group=self.group, async_op=True),
+             self._simulated("gather", size, n)).wait()
+        return out
+
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         """Every rank's ``tensor`` (same shape on all ranks); ring volume (W-1) copies each way."""
         out, work = self.all_gather_async(tensor)
@@ -376,8 +388,8 @@ class Comm:
         lengths = [int(x) for x in self.all_gather(length)]
         data = torch.zeros(max(lengths), dtype=torch.uint8)
         data[: len(payload)] = torch.frombuffer(bytearray(payload), dtype=torch.uint8) if payload else data[:0]
-        gathered = self.all_gather(data.to(self.device))
-        if self.rank != dst:
+        gathered = self.gather(data.to(self.device), dst)  # not all-gathered: one rank holds W payloads
+        if gathered is None:
             return None
         return [bytes(t[:n].cpu().numpy().tobytes()) for t, n in zip(gathered, lengths)]
 

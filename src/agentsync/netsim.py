@@ -56,6 +56,10 @@ class NetSim:
     def all_gather(self, nbytes: float, n: int) -> float:
         return (n - 1) * self.message(nbytes)
 
+    def gather(self, nbytes: float, n: int) -> float:
+        """The root receives n-1 payloads over its one link."""
+        return (n - 1) * self.message(nbytes)
+
     def broadcast(self, nbytes: float, n: int) -> float:
         return math.ceil(math.log2(n)) * self.message(nbytes) if n > 1 else 0.0
 
