@@ -105,6 +105,8 @@ def add_compare_parser(commands) -> None:
     compare.add_argument("--task", help="workload; default digits")
     compare.add_argument("--strategies", metavar="A,B:OPT=V,...",
                          help="strategies to compare, each with its own options after ':' (local-sgd:period=8)")
+    compare.add_argument("--compress", metavar="none,fp16,...",
+                         help="codecs, a dimension of the matrix (strategies that send uncompressed run with none only)")
     compare.add_argument("--workers", metavar="1,2,4", help="worker counts; default 1,2")
     compare.add_argument("--seeds", type=int, help="seeds 0..N-1 per cell; default 1")
     compare.add_argument("--steps", type=int, help="steps per run; default: the task's")

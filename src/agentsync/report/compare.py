@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from agentsync.compress import parse_codec
 from agentsync.config import read_toml
 from agentsync.errors import ConfigError
 from agentsync.report import plots, render
@@ -22,6 +23,9 @@ def compare(study: Study, out: Path, *, target: float | None = None, timeout_s: 
     console = console or Console(stderr=True)
     columns = (TextColumn("[bold]compare"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    if study.left_out():
+        console.print(f"compare: left out {', '.join(study.left_out())}: these strategies send uncompressed",
+                      highlight=False)
     with Progress(*columns, console=console) as progress:
         bar = progress.add_task("", total=len(study.cells()))
 
@@ -54,14 +58,15 @@ def write_report(study: Study, out: Path, *, target: float | None = None) -> lis
     return [out / "results.csv", out / "report.md", out / "report.html", *(f.path for f in figures if f.drawn)]
 
 
-FIELDS = ("task", "strategies", "workers", "seeds", "steps", "net", "straggler", "set", "target", "out")
+FIELDS = ("task", "strategies", "compress", "workers", "seeds", "steps", "net", "straggler", "set", "target", "out")
 
 
 def study_from_args(args) -> tuple[Study, Path, float | None]:
     """The study the command line (over the ``--config`` file's ``[compare]`` table) asks for, its
     folder and target; checked cell by cell before anything runs, and a folder never mixes two studies."""
     spec = read_compare_table(args.config) if args.config else {}
-    given = {"task": args.task, "strategies": args.strategies, "workers": args.workers, "seeds": args.seeds,
+    given = {"task": args.task, "strategies": args.strategies, "compress": args.compress, "workers": args.workers,
+             "seeds": args.seeds,
              "steps": args.steps, "net": args.net, "straggler": args.straggler, "target": args.target,
              "out": args.out}
     spec.update({k: v for k, v in given.items() if v is not None})
@@ -71,7 +76,12 @@ def study_from_args(args) -> tuple[Study, Path, float | None]:
                   workers=tuple(positive_ints(spec.get("workers", "1,2"), "workers")),
                   seeds=positive_ints(spec.get("seeds", 1), "seeds")[0],
                   steps=spec.get("steps"), net=spec.get("net", ""), straggler=spec.get("straggler", ""),
-                  overrides=tuple(spec["set"]))
+                  overrides=tuple(spec["set"]), compressions=tuple(as_list(spec.get("compress", "none"))))
+    for codec in study.compressions:
+        parse_codec(codec, "--compress")
+    if not study.variants():
+        raise ConfigError(f"--compress {','.join(study.compressions)}: none of the strategies sends through a codec "
+                          f"(left out: {', '.join(study.left_out())}); add none, or a strategy that does")
     for cell in study.cells():
         study.config(cell)
     out = Path(spec.get("out") or f"runs/compare-{study.task}-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -15,9 +15,11 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from agentsync.compress import is_none
 from agentsync.config import RunConfig, load_config
 from agentsync.errors import ConfigError
 from agentsync.metrics import SUMMARY
+from agentsync.sync import strategy_class
 
 CELL_TIMEOUT_S = 1800.0
 
@@ -28,6 +30,8 @@ class StrategySpec:
 
     name: str
     options: tuple[tuple[str, str], ...] = ()
+    compression: str = "none"
+    """The codec its runs send through (``comm.compression``); compare's ``--compress`` sets it."""
 
     @classmethod
     def parse(cls, spec: str) -> "StrategySpec":
@@ -42,7 +46,8 @@ class StrategySpec:
 
     @property
     def label(self) -> str:
-        return self.name + "".join(f" {k}={v}" for k, v in self.options)
+        codec = "" if is_none(self.compression) else f" +{self.compression}"
+        return self.name + "".join(f" {k}={v}" for k, v in self.options) + codec
 
     @property
     def overrides(self) -> list[str]:
@@ -74,9 +79,21 @@ class Study:
     net: str = ""
     straggler: str = ""
     overrides: tuple[str, ...] = ()
+    compressions: tuple[str, ...] = ("none",)
+    """Codecs, a dimension of the matrix: each strategy that sends through a codec runs with each."""
+
+    def variants(self) -> list[StrategySpec]:
+        """Each strategy with each codec it supports (``none`` always)."""
+        return [dataclasses.replace(s, compression=c) for s in self.strategies for c in self.compressions
+                if is_none(c) or strategy_class(s.name).supports_compression]
+
+    def left_out(self) -> list[str]:
+        """``gossip +fp16``: the strategy–codec pairs not run, because the strategy sends uncompressed."""
+        return [dataclasses.replace(s, compression=c).label for s in self.strategies for c in self.compressions
+                if not is_none(c) and not strategy_class(s.name).supports_compression]
 
     def cells(self) -> list[Cell]:
-        return [Cell(s, w, seed) for s in self.strategies for w in self.workers for seed in range(self.seeds)]
+        return [Cell(s, w, seed) for s in self.variants() for w in self.workers for seed in range(self.seeds)]
 
     def config(self, cell: Cell) -> RunConfig:
         """The cell's resolved config; raises ConfigError on bad input (checked before anything runs).
@@ -86,7 +103,8 @@ class Study:
         """
         flags = {"task.name": self.task, "strategy.name": cell.strategy.name, "workers": cell.workers,
                  "seed": cell.seed, "steps": self.steps, "comm.net": self.net or None,
-                 "comm.straggler": ranks_below(self.straggler, cell.workers) or None}
+                 "comm.straggler": ranks_below(self.straggler, cell.workers) or None,
+                 "comm.compression": cell.strategy.compression}
         overrides = [ranks_below_override(item, cell.workers) for item in self.overrides]
         return load_config(None, flags=flags, overrides=[*overrides, *cell.strategy.overrides])
 

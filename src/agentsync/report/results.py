@@ -9,7 +9,7 @@ from pathlib import Path
 from agentsync.metrics import read_metrics, read_summary
 from agentsync.report.matrix import Cell, Study, failure_reason, is_finished
 
-KEYS = ("cell", "strategy", "strategy_name", "workers", "seed", "status", "error")
+KEYS = ("cell", "strategy", "strategy_name", "compression", "workers", "seed", "status", "error")
 
 
 @dataclasses.dataclass
@@ -30,7 +30,8 @@ class Result:
         """The cell's own columns win over the summary's: ``strategy`` is the full label
         (``local-sgd period=4``) on every row, ok or failed; the bare name is ``strategy_name``."""
         return {**flatten(self.summary), "cell": self.cell.name, "strategy": self.cell.strategy.label,
-                "strategy_name": self.cell.strategy.name, "workers": self.cell.workers, "seed": self.cell.seed,
+                "strategy_name": self.cell.strategy.name, "compression": self.cell.strategy.compression,
+                "workers": self.cell.workers, "seed": self.cell.seed,
                 "status": self.status, "error": self.error}
 
 
