@@ -33,6 +33,7 @@ import tempfile
 from pathlib import Path
 
 from agentsync.checkpoint import CHECKPOINT, atomic_write
+from agentsync.comm import free_port
 from agentsync.config import RunConfig
 from agentsync.errors import ConfigError, JobFailed
 from agentsync.launch import Announce, prepare_run_dir
@@ -51,9 +52,7 @@ class Rank:
         return ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address()
 
     def free_port(self, host: str) -> int:
-        with socket.socket() as sock:
-            sock.bind((host, 0))
-            return sock.getsockname()[1]
+        return free_port(host)  # on this rank's node, where it will listen
 
     def run(self, cfg: RunConfig, run_dir: str, resume: bool, progress, env: dict,
             checkpoint: bytes | None) -> dict[str, bytes] | None:
