@@ -1,4 +1,5 @@
-"""Segments from an actor reach a learner bit-exact, as tensors over gloo between two processes."""
+"""Segments from an actor reach a learner bit-exact, and the learner's weights reach the actor bit-exact,
+as tensors over gloo between two processes."""
 from __future__ import annotations
 
 import subprocess
@@ -20,8 +21,21 @@ def known_segment(version: int) -> Segment:
     obs.view(-1)[:5] = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 1e-45])
     return Segment(obs=obs, actions=torch.randint(0, 2 ** 40, (LENGTH, ENVS), generator=g),
                    rewards=torch.randn(LENGTH, ENVS, generator=g), dones=(torch.rand(LENGTH, ENVS, generator=g) < 0.3).float(),
+                   valid=(torch.rand(LENGTH, ENVS, generator=g) < 0.8).float(),
                    behaviour_logp=-torch.rand(LENGTH, ENVS, generator=g), bootstrap_obs=torch.randn(ENVS, *OBS_SHAPE, generator=g),
                    version=version)
+
+
+def policy(seed: int) -> torch.nn.Module:
+    """An actor-critic with observation statistics, its values and statistics drawn from ``seed``."""
+    from agentsync.agents.actor import ActorCritic
+    from agentsync.agents.perceiver import MLPPerceiver
+
+    torch.manual_seed(seed)
+    model = ActorCritic(MLPPerceiver(4, [8], "tanh", True), MLPPerceiver(4, [8], "tanh", True), 2)
+    for buffer in model.buffers():
+        buffer.copy_(torch.rand_like(buffer) + 0.5)
+    return model
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -30,7 +44,7 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 @pytest.mark.timeout(180)
-def test_a_learner_receives_an_actors_segments_bit_exact(tmp_path):
+def test_segments_reach_the_learner_and_its_weights_reach_the_actor_bit_exact(tmp_path):
     out = tmp_path / "received.pt"
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                              str(ROOT / "tests/scripts/segment_roundtrip.py"), str(out), str(ROOT / "tests")],
@@ -40,10 +54,16 @@ def test_a_learner_receives_an_actors_segments_bit_exact(tmp_path):
     for got, version in zip(saved["segments"], (3, 4)):
         sent = known_segment(version)
         assert got["version"] == version
-        for name in ("obs", "actions", "rewards", "dones", "behaviour_logp", "bootstrap_obs"):
+        for name in ("obs", "actions", "rewards", "dones", "valid", "behaviour_logp", "bootstrap_obs"):
             assert same_bits(got[name], getattr(sent, name)), name
-    floats = LENGTH * ENVS * (OBS_SHAPE[0] + 3) + ENVS * OBS_SHAPE[0]
+    floats = LENGTH * ENVS * (OBS_SHAPE[0] + 4) + ENVS * OBS_SHAPE[0]
     assert saved["bytes_received"] == 2 * (3 * 8 + floats * 4 + LENGTH * ENVS * 8)  # header, floats, actions
+    actor = torch.load(str(out) + ".actor", weights_only=True)
+    assert (actor["kind"], actor["version"]) == (1, 17)  # the second reply: WEIGHTS at version 17
+    learner = policy(seed=5).state_dict()
+    assert actor["state"].keys() == learner.keys()
+    for name, value in learner.items():
+        assert same_bits(actor["state"][name], value), name
 
 
 def test_a_segment_of_the_wrong_shape_is_refused_before_anything_is_sent():

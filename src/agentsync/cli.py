@@ -62,6 +62,8 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--servers", type=int, help="parameter-server processes S; default 1")
     parser.add_argument("--steps", type=int, help="optimizer steps per worker; default: the task's")
     parser.add_argument("--seed", type=int, help="seed of initialisation, data order, environments; default 0")
+    parser.add_argument("--actors", type=int, metavar="N",
+                        help="actor processes for actor-learner tasks (cartpole-impala); default 2 per worker")
     parser.add_argument("--launcher", help="local (default), torchrun or ray")
     parser.add_argument("--max-restarts", type=int, metavar="N",
                         help="local launcher: restart from the latest checkpoint up to N times when a rank fails")
@@ -77,6 +79,7 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
 def run_flags(args: argparse.Namespace) -> dict:
     return {"task.name": args.task, "strategy.name": args.strategy, "workers": args.workers,
             "servers": args.servers, "steps": args.steps, "seed": args.seed, "launch.name": args.launcher,
+            "actors.count": getattr(args, "actors", None),
             "launch.max_restarts": args.max_restarts, "comm.straggler": args.straggler, "comm.net": args.net,
             "comm.compression": args.compress}
 

@@ -2,7 +2,7 @@
 
 Precedence, lowest first: defaults, the task's defaults, ``--config FILE.toml``, top-level flags
 (``--workers``...), ``--set section.option=value``. Sections are ``task``, ``strategy``,
-``optimizer``, ``comm`` and ``launch``; each is the config dataclass of the chosen component, so
+``optimizer``, ``comm``, ``launch`` and ``actors``; each is the config dataclass of the chosen component, so
 ``--set strategy.alpha=0.5`` is checked against the chosen strategy's fields. All validation
 happens in :meth:`RunConfig.validate`, before anything is written.
 """
@@ -16,6 +16,7 @@ from typing import Any
 
 import tomli_w
 
+from agentsync.actors import ActorsConfig
 from agentsync.comm import CommConfig, parse_faults, parse_stragglers
 from agentsync.compress import is_none
 from agentsync.errors import ConfigError
@@ -23,10 +24,10 @@ from agentsync.optim import OptimizerConfig
 from agentsync.options import Options, check, choice, coerce
 from agentsync.sync import StrategyConfig, strategy_class
 from agentsync.sync.base import compression_refused
-from agentsync.tasks import TaskConfig, task_class
+from agentsync.tasks import TASKS, TaskConfig, task_class
 
 LAUNCHERS = ("local", "torchrun", "ray")
-SECTIONS = ("task", "strategy", "optimizer", "comm", "launch")
+SECTIONS = ("task", "strategy", "optimizer", "comm", "launch", "actors")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -70,16 +71,25 @@ class RunConfig(Options):
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     comm: CommConfig = dataclasses.field(default_factory=CommConfig)
     launch: LaunchConfig = dataclasses.field(default_factory=LaunchConfig)
+    actors: ActorsConfig = dataclasses.field(default_factory=ActorsConfig)
+
+    @property
+    def learner_ranks(self) -> int:
+        """The strategy's processes: the workers, plus servers for parameter-server strategies."""
+        return strategy_class(self.strategy.name).world_size(self.workers, self.servers)
 
     @property
     def world_size(self) -> int:
-        """Processes the job runs: the workers, plus servers for parameter-server strategies."""
-        return strategy_class(self.strategy.name).world_size(self.workers, self.servers)
+        """Processes the job runs: the strategy's, then the actors (actor-learner tasks)."""
+        return self.learner_ranks + (self.actors.count or 0)
 
     def resolved(self) -> "RunConfig":
         """A copy with every default filled in from the task, ready to write and re-run."""
         task = task_class(self.task.name)
-        out = dataclasses.replace(self, optimizer=self.optimizer_choice().config)
+        out = dataclasses.replace(self, optimizer=self.optimizer_choice().config,
+                                  actors=dataclasses.replace(self.actors))
+        if out.actors.count is None:
+            out.actors.count = task.default_actors_per_worker * self.workers if task.actor_learner else 0
         if out.steps is None:
             out.steps = task.default_steps
         if out.eval_every is None:
@@ -107,16 +117,36 @@ class RunConfig(Options):
             raise ConfigError(compression_refused(self.strategy.name, self.comm.compression))
         if hasattr(self.strategy, "validate_run"):
             self.strategy.validate_run(self)
+        self._validate_actors()
         self._validate_ranks()
 
+    def _validate_actors(self) -> None:
+        """Actor-learner tasks need actors; any other task refuses every [actors] option (it would do nothing)."""
+        task = task_class(self.task.name)
+        if task.actor_learner:
+            check(self.actors.count >= self.workers, "actors.count", f">= workers ({self.workers}): every "
+                  f"{self.task.name} learner learns from actor processes of its own (--actors N)", self.actors.count)
+            return
+        defaults = ActorsConfig(count=0)
+        given = [k for k, v in dataclasses.asdict(self.actors).items() if v != getattr(defaults, k)]
+        if given:
+            able = ", ".join(name for name in TASKS if task_class(name).actor_learner)
+            raise ConfigError(f"actors.{given[0]} is set, but {self.task.name} is not an actor-learner task "
+                              f"(its workers act themselves); actor-learner tasks: {able}")
+
     def _validate_ranks(self) -> None:
-        """Stragglers and faults act in the training loop: they must name worker ranks, or do nothing."""
-        last = self.workers - 1
+        """Stragglers and faults act in the training loop (a worker's step, an actor's segment): they must
+        name worker or actor ranks, or do nothing. Actors compute no gradient, so a nan fault is a worker's."""
+        workers = f"0..{self.workers - 1}"
+        actors = range(self.learner_ranks, self.world_size)
+        allowed = workers + (f" or actor ranks {actors.start}..{actors.stop - 1}" if actors else "")
         for field, ranks in (("comm.straggler", parse_stragglers(self.comm.straggler)),
                              ("comm.fault", parse_faults(self.comm.fault))):
-            outside = sorted(r for r in ranks if r > last)
-            check(not outside, field, f"about worker ranks, 0..{last}",
-                  getattr(self.comm, field.split(".")[1]))
+            outside = sorted(r for r in ranks if r >= self.workers and r not in actors)
+            check(not outside, field, f"about worker ranks {allowed}", getattr(self.comm, field.split(".")[1]))
+        nan_actors = [r for r, (kind, _) in parse_faults(self.comm.fault).items() if kind == "nan" and r in actors]
+        check(not nan_actors, "comm.fault", "kill or hang for an actor rank (nan poisons a worker's gradient)",
+              self.comm.fault)
 
     def to_toml(self) -> str:
         return tomli_w.dumps(as_dict(self))
@@ -219,10 +249,11 @@ def as_dict(cfg: RunConfig) -> dict[str, Any]:
     def clean(obj):
         return {k: v for k, v in dataclasses.asdict(obj).items() if v is not None}
     top = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in SECTIONS}
-    return {**{k: v for k, v in top.items() if v is not None}, **{s: clean(getattr(cfg, s)) for s in SECTIONS}}
+    sections = [s for s in SECTIONS if s != "actors" or cfg.actors.count]  # [actors] only where there are actors
+    return {**{k: v for k, v in top.items() if v is not None}, **{s: clean(getattr(cfg, s)) for s in sections}}
 
 
-SECTION_CLASSES = {"optimizer": OptimizerConfig, "comm": CommConfig, "launch": LaunchConfig}
+SECTION_CLASSES = {"optimizer": OptimizerConfig, "comm": CommConfig, "launch": LaunchConfig, "actors": ActorsConfig}
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 Each process of a job calls :func:`run_worker`. Workers train; server ranks of a parameter-server
 strategy serve inside ``strategy.setup`` and rejoin here for the end-of-run collection. The rank
 the strategy names reporter (worker 0 by default) writes checkpoint.pt and summary.json; every
-rank appends its own lines to metrics.jsonl.
+rank appends its own lines to metrics.jsonl. In an actor-learner job the ranks after the
+strategy's are actors (:mod:`agentsync.actors`): they act until their learner says stop, and the
+strategy's ranks run here on a sub-group of their own.
 """
 from __future__ import annotations
 
@@ -15,6 +17,9 @@ from typing import Callable, Protocol
 
 import torch
 
+from agentsync.actors import actors_of
+from agentsync.actors.actor import run_actor
+from agentsync.actors.feed import Feed, merge_reports
 from agentsync.checkpoint import from_bytes, load_checkpoint, save_checkpoint, to_bytes
 from agentsync.comm import Comm
 from agentsync.config import RunConfig
@@ -40,7 +45,11 @@ def run_worker(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
     """
     comm = comm or Comm.from_env(cfg.comm)
     try:
-        worker = Worker(cfg, Path(run_dir), comm, resume=resume, progress=progress)
+        learners = comm.split(list(range(cfg.learner_ranks))) if cfg.actors.count else comm
+        if learners is None:
+            run_actor(cfg, comm)
+            return False
+        worker = Worker(cfg, Path(run_dir), learners, resume=resume, progress=progress, world=comm)
         worker.run()
         return worker.strategy.is_reporter
     finally:
@@ -62,10 +71,11 @@ class Worker:
     """One rank's run. Kept as an object so each phase reads as a short method."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path, comm: Comm, *, resume: bool,
-                 progress: ProgressFactory | None) -> None:
+                 progress: ProgressFactory | None, world: Comm | None = None) -> None:
         self.cfg, self.run_dir, self.comm = cfg, run_dir, comm
         self.t0 = time.time()
         self.strategy, self.task, self.model, self.optimizer = build_parts(cfg, comm)
+        self.feed = self._feed(world or comm)
         self.elapsed_before, self.samples = 0.0, 0
         self.timing = {"step_time_s": None, "train_samples_per_s": None}  # this session's training loop only
         if resume:
@@ -82,12 +92,26 @@ class Worker:
                 self.strategy.leaves_after_serving = False
             self.strategy.setup(self.model, self.optimizer, self.cfg.optimizer.update_rule())  # servers serve here
             if self.strategy.is_worker:
+                if self.feed:
+                    self.feed.start(self.model, self.strategy.steps)
                 self._train()
+                if self.feed:
+                    self.feed.close()
             member = self.task.evaluate(self.model) if self.strategy.is_worker and self.strategy.replicas_differ else None
             final = self.strategy.finalize()
             self._finish(final, member)
         finally:
             self.log.close()
+
+    def _feed(self, world: Comm) -> Feed | None:
+        """A worker's end of its actors (actor-learner jobs), attached to the task it feeds."""
+        cfg = self.cfg
+        if not cfg.actors.count or not self.strategy.is_worker:
+            return None
+        ranks = [cfg.learner_ranks + a for a in actors_of(self.strategy.worker_rank, cfg.workers, cfg.actors.count)]
+        feed = Feed(world, ranks, cfg.actors, tuple(self.task.observation_space.shape))
+        self.task.attach(feed)
+        return feed
 
     def _train(self) -> None:
         """The step contract's loop: loss, backward (allreduce averages here), strategy step."""
@@ -162,7 +186,7 @@ class Worker:
         """Collect every rank's state and statistics at the reporter, which writes checkpoint.pt."""
         payload = {"rank": self.comm.rank, "is_worker": self.strategy.is_worker, "state": self._rank_state(),
                    "stats": self.strategy.stats, "samples": self.samples, "member": member,
-                   **self.timing}
+                   "actors": self.feed.report() if self.feed else None, **self.timing}
         gathered = self.strategy.collect(to_bytes(payload))
         if gathered is None:
             return None
@@ -220,6 +244,9 @@ class Worker:
         extra = {name: self.task.evaluate(model) for name, model in self.strategy.report_models().items()}
         if extra:
             summary["models"] = extra
+        feeds = [p["actors"] for p in payloads if p.get("actors")]
+        if feeds:
+            summary["actors"] = merge_reports(feeds, summary["throughput"].get("train_samples_per_s"))
         summary["restarts"] = restarts()
         summary["ok"] = True
         return summary

@@ -1,7 +1,8 @@
 """Trajectory segments an actor sends a learner: fixed-length, as tensors over :class:`Comm`, never pickles.
 
 A segment is T vector steps of B envs as the behaviour policy μ collected them: observations,
-actions, rewards, episode ends, μ's log-probabilities of the actions, the observation after the
+actions, rewards, terminations, which steps are transitions (not Gymnasium's autoreset steps),
+μ's log-probabilities of the actions, the observation after the
 last step (the learner bootstraps V(x_T) from it) and the policy version that acted (the
 learner's version minus it is the policy lag). Both ends know (T, B, observation shape) from the
 job's options, so a segment travels as three messages whose sizes are fixed: an int64 header
@@ -24,12 +25,13 @@ class Segment:
     obs: torch.Tensor             # (T, B, *obs_shape) float32
     actions: torch.Tensor         # (T, B) int64
     rewards: torch.Tensor         # (T, B) float32
-    dones: torch.Tensor           # (T, B) float32, 1 where the episode ended after that step
+    dones: torch.Tensor           # (T, B) float32, 1 where the episode terminated after that step (no bootstrap)
+    valid: torch.Tensor           # (T, B) float32, 0 on autoreset steps (not transitions)
     behaviour_logp: torch.Tensor  # (T, B) float32, log μ(a_t | x_t)
     bootstrap_obs: torch.Tensor   # (B, *obs_shape) float32
     version: int                  # the policy version that acted
 
-    FLOAT_FIELDS = ("obs", "rewards", "dones", "behaviour_logp", "bootstrap_obs")
+    FLOAT_FIELDS = ("obs", "rewards", "dones", "valid", "behaviour_logp", "bootstrap_obs")
 
 
 class SegmentChannel:
@@ -38,7 +40,7 @@ class SegmentChannel:
     def __init__(self, comm: Comm, *, length: int, envs: int, obs_shape: tuple[int, ...]) -> None:
         self.comm, self.length, self.envs, self.obs_shape = comm, length, envs, tuple(obs_shape)
         T, B = length, envs
-        self.shapes = {"obs": (T, B, *obs_shape), "rewards": (T, B), "dones": (T, B),
+        self.shapes = {"obs": (T, B, *obs_shape), "rewards": (T, B), "dones": (T, B), "valid": (T, B),
                        "behaviour_logp": (T, B), "bootstrap_obs": (B, *obs_shape)}
         self.float_numel = sum(torch.Size(s).numel() for s in self.shapes.values())
 

@@ -67,6 +67,13 @@ def without_injected_failures(cfg: RunConfig) -> RunConfig:
     return restarted
 
 
+def tolerated_loss(cfg: RunConfig, rank: int) -> bool:
+    """Whether the job goes on without ``rank``: an actor (stateless; its learner goes on), or a worker
+    under a strategy that tolerates worker loss. A server's loss never is."""
+    from agentsync.sync import strategy_class
+    return rank >= cfg.learner_ranks or (rank < cfg.workers and strategy_class(cfg.strategy.name).tolerates_worker_loss)
+
+
 def launch(cfg: RunConfig, *, resume: bool = False, progress: ProgressFactory | None = None,
            announce: Announce | None = None) -> bool:
     """Run the job to the end; returns True on the rank that reports (prints the summary)."""

@@ -3,8 +3,8 @@
 The parent watches its children. When a rank dies under a strategy that cannot lose workers,
 the others get ``comm.timeout_s`` plus a grace period to stop on their own (they normally fail
 at once, their peer's socket closed); any still running then are killed, and the job fails with
-a message naming the rank that died first. Under strategies that tolerate losses, survivors
-finish and report the loss themselves. A job succeeds only if this run wrote summary.json and
+a message naming the rank that died first. Where the job can go on without the rank (an actor,
+or a worker under a strategy that tolerates losses), survivors finish and report the loss themselves. A job succeeds only if this run wrote summary.json and
 every failure was a tolerated worker loss — never because a file from an earlier run exists.
 
 With ``launch.max_restarts`` (``--max-restarts N``) a failed job starts again by itself, as
@@ -22,16 +22,16 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from agentsync.comm import free_port, leave_process
 from agentsync.config import RunConfig
 from agentsync.errors import JobFailed
-from agentsync.launch import Announce, prepare_run_dir, restart_point, without_injected_failures
+from agentsync.launch import Announce, prepare_run_dir, restart_point, tolerated_loss, without_injected_failures
 from agentsync.metrics import SUMMARY
 from agentsync.runtime import ProgressFactory, run_worker
-from agentsync.sync import strategy_class
 
 GRACE_S = 10.0
 POLL_S = 0.05
@@ -99,7 +99,7 @@ def run_attempt(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: Progre
                                name=f"agentsync-rank-{rank}", daemon=False)
             proc.start()
             procs.append(proc)
-        failures, hung = watch(procs, tolerant=strategy_class(cfg.strategy.name).tolerates_worker_loss,
+        failures, hung = watch(procs, tolerated=lambda rank: tolerated_loss(cfg, rank),
                                grace_s=cfg.comm.timeout_s + GRACE_S)
     finally:
         for proc in procs:
@@ -107,8 +107,7 @@ def run_attempt(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: Progre
                 proc.kill()
             proc.join()
     written = summary_signature(run_dir) not in (None, before)  # by this run: a resumed folder has an old one
-    tolerated = (strategy_class(cfg.strategy.name).tolerates_worker_loss and written and not hung
-                 and all(rank < cfg.workers for rank, _ in failures))  # worker losses only, never a server's
+    tolerated = written and not hung and all(tolerated_loss(cfg, rank) for rank, _ in failures)
     if (failures or hung) and not tolerated:
         return failures, hung
     if not written:
@@ -125,9 +124,10 @@ def summary_signature(run_dir: Path) -> tuple[int, int] | None:
     return stat.st_ino, stat.st_mtime_ns
 
 
-def watch(procs: list, *, tolerant: bool, grace_s: float) -> tuple[list[tuple[int, str]], list[int]]:
+def watch(procs: list, *, tolerated: Callable[[int], bool], grace_s: float
+          ) -> tuple[list[tuple[int, str]], list[int]]:
     """Wait for every process; returns failures in the order seen (signal deaths first within a poll)
-    and the ranks killed for not stopping within ``grace_s`` after a failure."""
+    and the ranks killed for not stopping within ``grace_s`` after a failure the job cannot go on without."""
     failures: list[tuple[int, str]] = []
     seen: set[int] = set()
     deadline = None
@@ -140,7 +140,7 @@ def watch(procs: list, *, tolerant: bool, grace_s: float) -> tuple[list[tuple[in
         alive = [rank for rank, p in enumerate(procs) if p.is_alive()]
         if not alive:
             return failures, []
-        if failures and not tolerant:
+        if any(not tolerated(rank) for rank, _ in failures):
             deadline = deadline or time.monotonic() + grace_s
             if time.monotonic() > deadline:
                 for rank in alive:

@@ -7,7 +7,8 @@
    runs in its own bundle. A cluster without room for every bundle is an error, not a hang.
 2. **Rendezvous.** Found at run time: rank 0's actor reports its node's address and a port free
    there, and every rank meets at ``MASTER_ADDR=that address`` (``comm.master_port`` fixes the
-   port). ``LOCAL_RANK`` / ``LOCAL_WORLD_SIZE`` count the ranks on the same node. Where the node's
+   port). When every rank is on one node they meet at ``comm.master_addr`` (127.0.0.1) instead,
+   so a one-machine run listens on loopback only. ``LOCAL_RANK`` / ``LOCAL_WORLD_SIZE`` count the ranks on the same node. Where the node's
    address is not loopback and ``GLOO_SOCKET_IFNAME`` is unset, gloo is told the interface that
    holds it (a hostname that resolves to 127.0.x.x would otherwise send gloo to loopback).
 3. **Outputs.** Ranks on the driver's node write into the run folder itself. Ranks on other
@@ -17,7 +18,8 @@
    and writes their other files (summary, checkpoint, TensorBoard runs) into its run folder.
    Mid-run checkpoints of a reporter on another node arrive only with the run's end.
 4. **Failure.** The first rank that fails ends the job: every other actor is killed and the
-   error names the rank.
+   error names the rank. Ranks the job goes on without (an actor-learner job's actors, workers of
+   a strategy that tolerates their loss) are said on stderr instead, and the survivors finish.
 
 Needs the ``ray`` extra (``pip install 'agentsync[ray]'``). Connects to a running cluster when
 ``RAY_ADDRESS`` is set, else starts a local one bound to 127.0.0.1 (and shuts it down after), even
@@ -36,7 +38,7 @@ from agentsync.checkpoint import CHECKPOINT, atomic_write
 from agentsync.comm import free_port
 from agentsync.config import RunConfig
 from agentsync.errors import ConfigError, JobFailed
-from agentsync.launch import Announce, prepare_run_dir
+from agentsync.launch import Announce, prepare_run_dir, tolerated_loss
 from agentsync.metrics import METRICS
 from agentsync.runtime import ProgressFactory, run_worker
 
@@ -61,7 +63,7 @@ class Rank:
         import torch
 
         os.environ.update(env)
-        interface = gloo_interface(self.node()[1])
+        interface = None if env["MASTER_ADDR"].startswith("127.") else gloo_interface(self.node()[1])
         if interface and "GLOO_SOCKET_IFNAME" not in os.environ:
             os.environ["GLOO_SOCKET_IFNAME"] = interface
         torch.set_num_threads(cfg.launch.threads_per_worker)
@@ -152,7 +154,9 @@ def launch_ray(cfg: RunConfig, *, resume: bool, progress: ProgressFactory | None
             placement_group=group, placement_group_bundle_index=r)).remote() for r in range(world)]
         nodes = ray.get([a.node.remote() for a in actors])
         print(f"ray: {describe_placement([ip for _, ip in nodes])}", file=sys.stderr)
-        master = nodes[0][1]
+        # one node: meet over loopback (comm.master_addr); Ray registers even its local instance under the
+        # machine's address, where the rendezvous store would listen beyond this machine
+        master = nodes[0][1] if len({node for node, _ in nodes}) > 1 else cfg.comm.master_addr
         port = cfg.comm.master_port or ray.get(actors[0].free_port.remote(master))
         here = ray.get_runtime_context().get_node_id()
         checkpoint = (run_dir / CHECKPOINT).read_bytes() if resume and (run_dir / CHECKPOINT).exists() else None
@@ -164,7 +168,7 @@ def launch_ray(cfg: RunConfig, *, resume: bool, progress: ProgressFactory | None
             same_node = node == here
             refs.append(a.run.remote(cfg, str(run_dir) if same_node else "", resume, progress, env,
                                      None if same_node else checkpoint))
-        for files in wait_all(refs):
+        for files in wait_all(refs, tolerated=lambda rank: tolerated_loss(cfg, rank)):
             if files:
                 merge_outputs(run_dir, files)
     finally:
@@ -176,15 +180,19 @@ def launch_ray(cfg: RunConfig, *, resume: bool, progress: ProgressFactory | None
     return True
 
 
-def wait_all(refs: list) -> list:
-    """Every rank's result; the first rank to fail ends the job, named."""
+def wait_all(refs: list, tolerated=lambda rank: False) -> list:
+    """Every rank's result (None for a tolerated loss); the first other rank to fail ends the job, named."""
     import ray
 
-    pending = list(refs)
+    results, pending = [None] * len(refs), list(refs)
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
+        rank = refs.index(done[0])
         try:
-            ray.get(done[0])
+            results[rank] = ray.get(done[0])
         except Exception as e:  # RayTaskError / ActorDiedError: its first line says what happened
-            raise JobFailed(f"rank {refs.index(done[0])} failed under Ray: {str(e).strip().splitlines()[0]}") from None
-    return ray.get(refs)
+            what = str(e).strip().splitlines()[0]
+            if not tolerated(rank):
+                raise JobFailed(f"rank {rank} failed under Ray: {what}") from None
+            print(f"agentsync: rank {rank} was lost under Ray ({what}); the job goes on", file=sys.stderr)
+    return results

@@ -27,9 +27,10 @@ def launch_torchrun(cfg: RunConfig, *, resume: bool, progress: ProgressFactory |
                           "torchrun, or use --launcher local")
     world = int(os.environ["WORLD_SIZE"])
     if world != cfg.world_size:
+        parts = [f"workers={cfg.workers}"] + [f"{name}={n}" for name, n in
+                                              (("servers", cfg.learner_ranks - cfg.workers), ("actors", cfg.actors.count)) if n]
         raise ConfigError(f"torchrun started {world} processes but the job needs {cfg.world_size} "
-                          f"(workers={cfg.workers}{' + servers' if cfg.world_size > cfg.workers else ''}); "
-                          "set --nproc-per-node/--nnodes or --workers to match")
+                          f"({' + '.join(parts)}); set --nproc-per-node/--nnodes or --workers to match")
     restarted = restarts() > 0 and not resume  # torchrun --max-restarts started this attempt again
     if restarted:
         cfg = without_injected_failures(cfg)

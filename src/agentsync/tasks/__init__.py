@@ -12,6 +12,8 @@ TASKS: Registry[Task] = Registry("task", {
     "cartpole-dqn": "agentsync.tasks.dqn:CartPoleDQN",
     "cartpole-ppo": "agentsync.tasks.ppo:PPOTask",
     "acrobot-ppo": "agentsync.tasks.ppo:AcrobotPPO",
+    "cartpole-impala": "agentsync.tasks.impala:ImpalaTask",
+    "acrobot-impala": "agentsync.tasks.impala:AcrobotImpala",
 })
 
 

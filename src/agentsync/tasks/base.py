@@ -45,6 +45,9 @@ class Task(abc.ABC):
     metric: ClassVar[str] = "accuracy"
     """The headline metric compare and advise rank by."""
     higher_is_better: ClassVar[bool] = True
+    actor_learner: ClassVar[bool] = False
+    """True where separate actor processes act and the workers only learn (``[actors]``)."""
+    default_actors_per_worker: ClassVar[int] = 0
 
     def __init__(self, config: TaskConfig, *, worker_rank: int, num_workers: int, seed: int,
                  device: torch.device | str = "cpu") -> None:

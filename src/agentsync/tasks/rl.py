@@ -24,9 +24,9 @@ EVAL_SEED_OFFSET = 1_000_000
 
 
 @dataclasses.dataclass(kw_only=True)
-class RLConfig(TaskConfig):
-    envs_per_worker: int = 8
-    """Gymnasium environments each worker steps in one vector env."""
+class EnvConfig(TaskConfig):
+    """Options of every Gymnasium task, whoever steps the envs (workers, or actors)."""
+
     vector_mode: str = "sync"
     """Vector env: sync (in-process, default) or async (one subprocess per env)."""
     gamma: float = 0.99
@@ -36,10 +36,19 @@ class RLConfig(TaskConfig):
 
     def validate(self, section: str) -> None:
         super().validate(section)
-        check(self.envs_per_worker >= 1, f"{section}.envs_per_worker", ">= 1", self.envs_per_worker)
         choice(self.vector_mode, f"{section}.vector_mode", VECTOR_MODES)
         check(0 <= self.gamma <= 1, f"{section}.gamma", "in [0, 1]", self.gamma)
         check(self.eval_episodes >= 1, f"{section}.eval_episodes", ">= 1", self.eval_episodes)
+
+
+@dataclasses.dataclass(kw_only=True)
+class RLConfig(EnvConfig):
+    envs_per_worker: int = 8
+    """Gymnasium environments each worker steps in one vector env."""
+
+    def validate(self, section: str) -> None:
+        super().validate(section)
+        check(self.envs_per_worker >= 1, f"{section}.envs_per_worker", ">= 1", self.envs_per_worker)
 
 
 @dataclasses.dataclass(kw_only=True)
