@@ -6,13 +6,17 @@ with); what these runs reach is in docs/tasks/rl.md.
 """
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from agentsync.agents.impala import ImpalaLoss, stack
 from agentsync.agents.segments import Segment
 from agentsync.tasks import build_task, task_class
-from conftest import agentsync, train
+from conftest import ENV, ROOT, agentsync, train
 
 SOLVED = 475
 
@@ -72,9 +76,22 @@ def test_ray_launcher_runs_actors_as_ray_actors_and_solves(tmp_path):
                        "--workers", "1", "--actors", "2", "--set", "eval_every=0", timeout=360)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ray: ranks 0,1,2 on " in result.stderr  # three Ray actors on this one node
-    import json
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["metrics"]["eval_return"] >= SOLVED
+    assert_consistent(summary["actors"])
+
+
+@pytest.mark.timeout(240)
+def test_torchrun_runs_actors_as_extra_ranks(tmp_path):
+    """torchrun starts W + A processes; ranks 1 and 2 act, both feed learner 0."""
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "3",
+                             "-m", "agentsync", "train", "--launcher", "torchrun", "--out", str(tmp_path / "tr"),
+                             "--task", "cartpole-impala", "--workers", "1", "--actors", "2", "--steps", "200",
+                             "--set", "eval_every=0"], capture_output=True, text=True, timeout=180, env=ENV, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "tr" / "summary.json").read_text())
+    assert summary["world_size"] == 3 and set(summary["actors"]["segments_by_rank"]) == {"1", "2"}
+    assert all(n > 0 for n in summary["actors"]["segments_by_rank"].values())
     assert_consistent(summary["actors"])
 
 

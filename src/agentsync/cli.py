@@ -246,17 +246,27 @@ def cmd_list(args: argparse.Namespace) -> int:
     from agentsync.sync import STRATEGIES
     from agentsync.tasks import TASKS
 
+    from agentsync.config import SECTION_CLASSES
+
     out = Console(soft_wrap=True)
+
+    def options(config: type) -> None:
+        docs, types = field_docs(config), field_types(config)
+        for field, doc in docs.items():
+            if field != "name":
+                out.print(f"      {field} ({getattr(types[field], '__name__', types[field])}): {doc}", highlight=False)
+
     for title, registry in (("tasks", TASKS), ("strategies", STRATEGIES)):
         out.print(f"[bold]{title}[/bold]")
         for name, cls in registry.items():
-            out.print(f"  {name:<14} {cls.description}")
+            out.print(f"  {name:<16} {cls.description}")
             if args.options:
-                docs, types = field_docs(cls.Config), field_types(cls.Config)
-                for field, doc in docs.items():
-                    if field != "name":
-                        out.print(f"      {field} ({getattr(types[field], '__name__', types[field])}): {doc}",
-                                  highlight=False)
+                options(cls.Config)
+    if args.options:
+        out.print("[bold]sections[/bold] (--set SECTION.OPTION=VALUE)")
+        for name, config in SECTION_CLASSES.items():
+            out.print(f"  {name}")
+            options(config)
     return 0
 
 

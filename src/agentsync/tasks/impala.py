@@ -13,20 +13,19 @@ import dataclasses
 
 import numpy as np
 import torch
-from torch import nn
 
 from agentsync.agents.actor import ActorCritic
 from agentsync.agents.impala import LOSSES, ImpalaLoss, stack
-from agentsync.agents.perceiver import ACTIVATIONS, MLPPerceiver
 from agentsync.agents.rollout import Collector, make_vec_env
 from agentsync.agents.segments import Segment
 from agentsync.optim import OptimizerConfig
 from agentsync.options import check, choice
-from agentsync.tasks.rl import EnvConfig, RLTask
+from agentsync.tasks.actor_critic import ActorCriticConfig, ActorCriticTask
+from agentsync.tasks.rl import EnvConfig
 
 
 @dataclasses.dataclass(kw_only=True)
-class ImpalaConfig(EnvConfig):
+class ImpalaConfig(ActorCriticConfig, EnvConfig):
     name: str = "cartpole-impala"
     loss: str = "appo"
     """vtrace (IMPALA's policy gradient, one update per batch) or appo (clipped surrogate, epochs per batch)."""
@@ -42,33 +41,17 @@ class ImpalaConfig(EnvConfig):
     """Truncation ρ̄ of the importance weights in the value targets and advantages."""
     c_bar: float = 1.0
     """Truncation c̄ of the importance weights in the traces."""
-    clip: float = 0.2
-    """APPO's clip ε of π/μ (the learner's policy over the actor's)."""
-    vf_coef: float = 0.5
-    """Weight of the value loss."""
-    ent_coef: float = 0.0
-    """Weight of the entropy bonus."""
-    normalize_advantage: bool = True
-    """Normalise the advantages of each batch (appo)."""
-    normalize_obs: bool = False
-    """Running mean/std observation normalisation (learner statistics, sent to actors with the weights)."""
-    hidden: int = 64
-    """Width of the two hidden layers of the policy and value perceivers."""
-    activation: str = "tanh"
-    """Hidden activation: tanh or relu."""
 
     def validate(self, section: str) -> None:
         super().validate(section)
         choice(self.loss, f"{section}.loss", LOSSES)
-        for name in ("batch_segments", "epochs", "hidden"):
+        for name in ("batch_segments", "epochs"):
             check(getattr(self, name) >= 1, f"{section}.{name}", ">= 1", getattr(self, name))
         check(self.loss == "appo" or self.epochs == 1, f"{section}.epochs", "1 with loss=vtrace (an on-batch "
               "policy gradient; several passes need appo's clip)", self.epochs)
-        for name in ("trace_lambda", "clip"):
-            check(0 <= getattr(self, name) <= 1, f"{section}.{name}", "in [0, 1]", getattr(self, name))
-        for name in ("rho_bar", "c_bar", "vf_coef", "ent_coef"):
+        check(0 <= self.trace_lambda <= 1, f"{section}.trace_lambda", "in [0, 1]", self.trace_lambda)
+        for name in ("rho_bar", "c_bar"):
             check(getattr(self, name) >= 0, f"{section}.{name}", ">= 0", getattr(self, name))
-        choice(self.activation, f"{section}.activation", ACTIVATIONS)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -81,10 +64,10 @@ class AcrobotImpalaConfig(ImpalaConfig):
     epochs: int = 4
     """Updates on each batch (appo; vtrace uses each batch once and refuses more)."""
     normalize_obs: bool = True
-    """Running mean/std observation normalisation (learner statistics, sent to actors with the weights)."""
+    """Running mean/std observation normalisation (statistics in the model's buffers, checkpointed)."""
 
 
-class ImpalaTask(RLTask):
+class ImpalaTask(ActorCriticTask):
     """Actor–learner training on CartPole-v1 with V-trace; the runtime attaches the learner's feed."""
 
     Config = ImpalaConfig
@@ -108,14 +91,6 @@ class ImpalaTask(RLTask):
     def attach(self, feed) -> None:
         """The learner's :class:`~agentsync.actors.feed.Feed`: where batches come from, where weights go."""
         self.feed = feed
-
-    def build_model(self) -> nn.Module:
-        c, obs_size = self.config, int(np.prod(self.observation_space.shape))
-        make = lambda: MLPPerceiver(obs_size, [c.hidden, c.hidden], c.activation, c.normalize_obs)  # noqa: E731
-        return ActorCritic(make(), make(), int(self.action_space.n))
-
-    def action_scores(self, output: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        return output[0]
 
     # -- the actor's side -------------------------------------------------------------------------
     def actor_collector(self, seed: int, envs: int) -> Collector:

@@ -13,15 +13,15 @@ import torch
 from torch import nn
 
 from agentsync.agents.actor import ActorCritic
-from agentsync.agents.perceiver import ACTIVATIONS, MLPPerceiver
 from agentsync.agents.ppo import gae, ppo_loss
 from agentsync.optim import OptimizerConfig
-from agentsync.options import check, choice
-from agentsync.tasks.rl import RLConfig, RLTask
+from agentsync.options import check
+from agentsync.tasks.actor_critic import ActorCriticConfig, ActorCriticTask
+from agentsync.tasks.rl import RLConfig
 
 
 @dataclasses.dataclass(kw_only=True)
-class PPOConfig(RLConfig):
+class PPOConfig(ActorCriticConfig, RLConfig):
     name: str = "cartpole-ppo"
     n_steps: int = 32
     """Vector steps per rollout (a rollout holds n_steps × envs_per_worker transitions)."""
@@ -33,32 +33,14 @@ class PPOConfig(RLConfig):
     """Discount factor."""
     gae_lambda: float = 0.8
     """GAE λ."""
-    clip: float = 0.2
-    """PPO ratio clip ε."""
-    vf_coef: float = 0.5
-    """Weight of the value loss."""
-    ent_coef: float = 0.0
-    """Weight of the entropy bonus."""
-    normalize_advantage: bool = True
-    """Normalise advantages per minibatch (per worker: DD-PPO's choice)."""
-    normalize_obs: bool = False
-    """Running mean/std observation normalisation (statistics per worker, checkpointed)."""
-    hidden: int = 64
-    """Width of the two hidden layers of the policy and value perceivers."""
-    activation: str = "tanh"
-    """Hidden activation: tanh or relu."""
 
     def validate(self, section: str) -> None:
         super().validate(section)
-        for name in ("n_steps", "epochs", "minibatches", "hidden"):
+        for name in ("n_steps", "epochs", "minibatches"):
             check(getattr(self, name) >= 1, f"{section}.{name}", ">= 1", getattr(self, name))
         check(self.minibatches <= self.n_steps * self.envs_per_worker, f"{section}.minibatches",
               "<= n_steps * envs_per_worker", self.minibatches)
-        for name in ("gae_lambda", "clip"):
-            check(0 <= getattr(self, name) <= 1, f"{section}.{name}", "in [0, 1]", getattr(self, name))
-        check(self.vf_coef >= 0 and self.ent_coef >= 0, f"{section}.vf_coef/ent_coef", ">= 0",
-              (self.vf_coef, self.ent_coef))
-        choice(self.activation, f"{section}.activation", ACTIVATIONS)
+        check(0 <= self.gae_lambda <= 1, f"{section}.gae_lambda", "in [0, 1]", self.gae_lambda)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -75,10 +57,10 @@ class AcrobotPPOConfig(PPOConfig):
     minibatches: int = 4
     """Minibatches per pass; each is one runtime step."""
     normalize_obs: bool = True
-    """Running mean/std observation normalisation (statistics per worker, checkpointed)."""
+    """Running mean/std observation normalisation (statistics in the model's buffers, checkpointed)."""
 
 
-class PPOTask(RLTask):
+class PPOTask(ActorCriticTask):
     """PPO with GAE, clipped surrogate, value loss, entropy bonus, minibatch epochs.
 
     Gradient clipping (0.5) and the learning rate's linear decay to 0 are the default optimizer's:
@@ -100,15 +82,6 @@ class PPOTask(RLTask):
     @property
     def updates_per_rollout(self) -> int:
         return self.config.epochs * self.config.minibatches
-
-    def build_model(self) -> nn.Module:
-        c, obs_size = self.config, int(np.prod(self.observation_space.shape))
-        make = lambda: MLPPerceiver(obs_size, [c.hidden, c.hidden], c.activation, c.normalize_obs)  # noqa: E731
-        return ActorCritic(make(), make(), int(self.action_space.n))
-
-    def action_scores(self, output: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """Greedy acts on the logits of forward's (logits, values)."""
-        return output[0]
 
     def policy(self, model: ActorCritic):
         return lambda obs: (model.act(self.obs_tensor(obs).float(), self.generator)[0].cpu().numpy(), {})
