@@ -136,5 +136,5 @@ class AcrobotImpala(ImpalaTask):
     Config = AcrobotImpalaConfig
     description = "IMPALA/APPO actor-learner on Acrobot-v1 (eval_return, best about -60)"
     env_id = "Acrobot-v1"
-    default_steps = 1600
-    default_eval_every = 400
+    default_steps = 4800
+    default_eval_every = 800
