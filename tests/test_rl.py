@@ -38,11 +38,14 @@ def test_cartpole_ppo_allreduce_final_policy_solved_for_seeds_0_to_4(tmp_path):
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("strategy", ["gossip", "ps-async"])
-def test_cartpole_ppo_decentralized_and_async_final_policy_reaches_300(tmp_path, strategy):
-    """The same final-model rule at a smaller budget: gossip's replicas differ, ps-async's gradients are stale."""
+@pytest.mark.parametrize("strategy, steps", [("gossip", 1500), ("ps-async", 3000)])
+def test_cartpole_ppo_decentralized_and_async_final_policy_reaches_300(tmp_path, strategy, steps):
+    """The same final-model rule at a smaller budget: gossip's replicas differ, ps-async's gradients are stale.
+
+    ps-async's staleness depends on timing, so its runs are not reproducible: at 1,500 updates three quiet
+    runs ended at 500 and one under a full test suite at 197.6; 3,000 updates leave it room."""
     summary = train(tmp_path, "--task", "cartpole-ppo", "--strategy", strategy, "--workers", "2",
-                    "--steps", "1500", "--set", "eval_every=0")
+                    "--steps", str(steps), "--set", "eval_every=0")
     assert summary["metrics"]["eval_return"] >= 300
 
 
