@@ -29,6 +29,7 @@ from agentsync.actors.protocol import Reply, flat_weights, send_reply
 from agentsync.agents.segments import Segment, SegmentChannel
 from agentsync.comm import Comm
 from agentsync.errors import JobFailed
+from agentsync.sync.ps_protocol import listener_comm
 
 PUT_POLL_S = 0.05
 
@@ -51,7 +52,7 @@ class Feed:
     """
 
     def __init__(self, comm: Comm, actors: list[int], config: ActorsConfig, obs_shape: tuple[int, ...]) -> None:
-        self.comm = Comm(comm.rank, comm.world_size, comm.config, group=comm.group, device=comm.device)
+        self.comm = listener_comm(comm)  # counters of its own: actor traffic, not the strategy's
         self.actors, self.config = list(actors), config
         self.channel = SegmentChannel(self.comm, length=config.segment_length, envs=config.envs_per_actor,
                                       obs_shape=obs_shape)
