@@ -4,8 +4,9 @@ The parent watches its children. When a rank dies under a strategy that cannot l
 the others get ``comm.timeout_s`` plus a grace period to stop on their own (they normally fail
 at once, their peer's socket closed); any still running then are killed, and the job fails with
 a message naming the rank that died first. Where the job can go on without the rank (an actor,
-or a worker under a strategy that tolerates losses), survivors finish and report the loss themselves. A job succeeds only if this run wrote summary.json and
-every failure was a tolerated worker loss — never because a file from an earlier run exists.
+or a worker under a strategy that tolerates losses), survivors finish and report the loss
+themselves. A job succeeds only if this run wrote summary.json and every failure was a tolerated
+loss — never because a file from an earlier run exists.
 
 With ``launch.max_restarts`` (``--max-restarts N``) a failed job starts again by itself, as
 ``torchrun --max-restarts`` does: from the latest checkpoint (``checkpoint_every``), or from the

@@ -8,8 +8,8 @@
 2. **Rendezvous.** Found at run time: rank 0's actor reports its node's address and a port free
    there, and every rank meets at ``MASTER_ADDR=that address`` (``comm.master_port`` fixes the
    port). When every rank is on one node they meet at ``comm.master_addr`` (127.0.0.1) instead,
-   so a one-machine run listens on loopback only. ``LOCAL_RANK`` / ``LOCAL_WORLD_SIZE`` count the ranks on the same node. Where the node's
-   address is not loopback and ``GLOO_SOCKET_IFNAME`` is unset, gloo is told the interface that
+   so a one-machine run listens on loopback only. ``LOCAL_RANK`` / ``LOCAL_WORLD_SIZE`` count the
+   ranks on the same node. Where the node's address is not loopback and ``GLOO_SOCKET_IFNAME`` is unset, gloo is told the interface that
    holds it (a hostname that resolves to 127.0.x.x would otherwise send gloo to loopback).
 3. **Outputs.** Ranks on the driver's node write into the run folder itself. Ranks on other
    nodes, whose disks may be separate (Ray syncs nothing to the head since 2.7), write into a
