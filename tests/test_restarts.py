@@ -8,7 +8,7 @@ import torch
 
 from conftest import agentsync, read_jsonl, train
 
-DIGITS = ["--task", "digits", "--workers", "2", "--set", "eval_every=0", "--set", "comm.timeout_s=20"]
+DIGITS = ["--task", "digits", "--workers", "3", "--set", "eval_every=0", "--set", "comm.timeout_s=20"]
 
 
 def final_model(run_dir) -> dict:
@@ -36,7 +36,7 @@ def test_allreduce_restarts_from_its_checkpoint_and_ends_as_if_never_interrupted
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["restarts"] == 1 and summary["steps"] == 60
     assert_same_parameters(tmp_path / "run", tmp_path / "whole")
-    for rank in (0, 1):  # metrics read as one run: every logged step once
+    for rank in (0, 1, 2):  # metrics read as one run: every logged step once
         steps = [e["step"] for e in read_jsonl(tmp_path / "run" / "metrics.jsonl")
                  if e["event"] == "train" and e["rank"] == rank]
         assert steps == list(range(5, 61, 5)), (rank, steps)
@@ -54,8 +54,9 @@ def test_ps_sync_without_midrun_checkpoints_restarts_from_the_start(tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_without_restarts_left_the_job_fails_naming_the_rank(tmp_path):
-    result = agentsync("train", "--out", str(tmp_path / "run"), *DIGITS, "--steps", "60",
+@pytest.mark.parametrize("strategy", ["allreduce", "ps-sync"])
+def test_without_restarts_left_the_job_fails_naming_the_rank(tmp_path, strategy):
+    result = agentsync("train", "--out", str(tmp_path / "run"), *DIGITS, "--strategy", strategy, "--steps", "60",
                        "--set", "comm.fault=1:kill@10")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("agentsync: error: rank 1 was killed by SIGKILL")
@@ -80,7 +81,7 @@ def test_torchrun_max_restarts_resumes_from_the_checkpoint(tmp_path):
 
     from conftest import ENV, ROOT
 
-    args = [*DIGITS, "--steps", "60", "--set", "checkpoint_every=20"]
+    args = [*DIGITS, "--workers", "2", "--steps", "60", "--set", "checkpoint_every=20"]
     train(tmp_path / "whole", *args)
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                              "--max-restarts", "1", "-m", "agentsync", "train", "--launcher", "torchrun",

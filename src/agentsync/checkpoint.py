@@ -1,7 +1,8 @@
 """Checkpoints written atomically and read back safely.
 
-A checkpoint is one file, ``checkpoint.pt``: the step reached, the model to evaluate, and one
-serialized state per rank (model, optimizer, strategy, task, RNG) so every rank resumes exactly.
+A checkpoint is one file, ``checkpoint.pt``: the step reached, the worker count, the model to
+evaluate, and one serialized state per rank (model, optimizer, strategy, task, RNG) so every rank
+resumes exactly (or, on another worker count, from the state :func:`source_rank` names).
 It is written to a temporary file in the same folder, flushed to disk, then renamed over the old
 one, so a crash leaves either the previous checkpoint or the new one, never half of one. It is
 read with ``weights_only=True``: a checkpoint cannot run code.
@@ -47,8 +48,9 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def save_checkpoint(run_dir: Path, *, step: int, elapsed_s: float, model: dict, ranks: list[bytes]) -> None:
-    payload = {"format": FORMAT_VERSION, "step": step, "elapsed_s": elapsed_s, "model": model,
+def save_checkpoint(run_dir: Path, *, step: int, elapsed_s: float, workers: int, model: dict,
+                    ranks: list[bytes]) -> None:
+    payload = {"format": FORMAT_VERSION, "step": step, "elapsed_s": elapsed_s, "workers": workers, "model": model,
                "ranks": [torch.frombuffer(bytearray(r), dtype=torch.uint8) for r in ranks]}
     atomic_write(Path(run_dir) / CHECKPOINT, to_bytes(payload))
 
@@ -66,3 +68,16 @@ def load_checkpoint(run_dir: Path) -> dict:
         return payload
     except Exception as e:  # any unpickling or format failure means the file cannot be trusted
         raise ConfigError(f"corrupt checkpoint {str(path)!r}: {type(e).__name__}: {e}".splitlines()[0]) from None
+
+
+def source_rank(rank: int, *, workers: int, saved_workers: int, saved_ranks: list[int]) -> int | None:
+    """The saved rank whose state ``rank`` resumes from: itself on the same worker count; on another,
+    worker r takes saved worker r mod W' (among those saved: a lost one has no state), and server j
+    (the ranks after the workers) saved server j. None when there is no such state."""
+    if workers == saved_workers:
+        return rank if rank in saved_ranks else None
+    if rank >= workers:
+        mapped = saved_workers + rank - workers
+        return mapped if mapped in saved_ranks else None
+    saved = [r for r in saved_ranks if r < saved_workers]
+    return saved[rank % len(saved)] if saved else None

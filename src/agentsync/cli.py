@@ -29,6 +29,8 @@ from agentsync.checkpoint import load_checkpoint
 from agentsync.config import OptimizerChoice, RunConfig, load_config, optimizer_choice
 from agentsync.errors import ConfigError, JobFailed
 from agentsync.metrics import SUMMARY, read_summary
+from agentsync.sync import strategy_class
+from agentsync.tasks import task_class
 
 console = Console(stderr=True)
 
@@ -180,9 +182,14 @@ def resume_config(run_dir: Path, flags: dict, overrides: list[str], config_file:
     reached = load_checkpoint(run_dir)["step"]  # missing or corrupt: fail now, before anything runs
     saved = load_config(saved_file)
     cfg = load_config(saved_file, flags={**flags, "out": str(run_dir)}, overrides=overrides)
-    for field in ("task", "strategy", "workers", "servers", "seed"):
+    for field in ("task", "strategy", "servers", "seed"):
         if getattr(saved, field) != getattr(cfg, field):
             raise ConfigError(f"--resume cannot change {field}; start a new run instead")
+    if saved.workers != cfg.workers:
+        why = strategy_class(cfg.strategy.name).fixed_workers or task_class(cfg.task.name).fixed_workers
+        if why:
+            raise ConfigError(f"--resume cannot change workers under {cfg.strategy.name} on {cfg.task.name}: {why}; "
+                              "start a new run instead")
     if cfg.steps <= reached:
         raise ConfigError(f"--resume: the run already reached step {reached}; pass --steps above it")
     return cfg
@@ -194,6 +201,11 @@ def preflight(cfg: RunConfig) -> None:
 
     task = build_task(cfg.task, worker_rank=0, num_workers=cfg.workers, seed=cfg.seed)
     cfg.optimizer.build(task.build_model().parameters())
+
+
+def when(lost: dict) -> str:
+    """When a rank was lost: a parameter server's update count, or the step the survivors went on from."""
+    return f"at update {lost['version']}" if "version" in lost else f"survivors went on from step {lost['step']}"
 
 
 def print_summary(run_dir: Path) -> None:
@@ -214,7 +226,7 @@ def print_summary(run_dir: Path) -> None:
     if s.get("consensus_distance") is not None:
         table.add_row("consensus distance", f"{s['consensus_distance']:.4g}")
     if s.get("lost_ranks"):
-        table.add_row("lost ranks", ", ".join(f"{lost['rank']} (at update {lost['version']})" for lost in s["lost_ranks"]))
+        table.add_row("lost ranks", ", ".join(f"{lost['rank']} ({when(lost)})" for lost in s["lost_ranks"]))
     Console().print(table)
     Console().print(f"run folder: {run_dir}")
 

@@ -31,6 +31,7 @@ import torch.distributed as dist
 from agentsync.compress import parse_codec
 from agentsync.errors import ConfigError
 from agentsync.faults import Faults, parse_faults, parse_stragglers
+from agentsync.membership import Membership, PeerLost
 from agentsync.netsim import NetSim
 from agentsync.options import Options, check, choice
 
@@ -82,9 +83,15 @@ def leave_process(code: int) -> None:
     os._exit(code)
 
 
+LAUNCHER_STORE = "AGENTSYNC_LAUNCHER_STORE"
+"""Set by the local launcher, which hosts the store itself: every rank is then a client of it."""
+
+
 def rendezvous_store(host: str, port: int, rank: int, world_size: int,
                      timeout: datetime.timedelta) -> dist.TCPStore:
-    """The job's key-value store, listening on ``host`` only.
+    """The job's key-value store, listening on ``host`` only: rank 0 hosts it, the others connect.
+
+    The local launcher hosts it itself (as rank 0 here), so that no rank's death takes it down.
 
     torch's ``TCPStore`` binds every interface whatever host it is given (and has no
     authentication); handed a socket already bound to ``host``, it listens there alone.
@@ -211,6 +218,9 @@ class Comm:
         self.device = device or torch.device("cpu")
         self.net = NetSim.parse(config.net)
         self.faults = Faults(config.straggler, config.fault)
+        self.store: dist.Store | None = None
+        """The launcher's store, where it hosts one (the local launcher): what regrouping needs."""
+        self.membership: Membership | None = None
 
     @property
     def stats(self) -> CommStats:
@@ -232,11 +242,30 @@ class Comm:
             os.environ.setdefault("MASTER_PORT", str(config.master_port or free_port()))
             timeout = datetime.timedelta(seconds=config.timeout_s)
             # under torchrun the agent's store is the rendezvous (env://); otherwise we host our own
+            hosted = os.environ.get(LAUNCHER_STORE) == "1"
             store = torchelastic_store(world_size, timeout) if os.environ.get("TORCHELASTIC_RUN_ID") else \
-                rendezvous_store(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), rank, world_size, timeout)
+                rendezvous_store(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                                 -1 if hosted else rank, world_size, timeout)
             dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout,
                                     device_id=device if device.type == "cuda" else None)
-        return cls(rank, world_size, config, device=device)
+        comm = cls(rank, world_size, config, device=device)
+        if dist.is_initialized() and os.environ.get(LAUNCHER_STORE) == "1":
+            comm.store = store
+        return comm
+
+    def allow_regrouping(self) -> bool:
+        """Survive a lost peer by re-forming the group over the survivors (:mod:`agentsync.membership`).
+
+        Only where the launcher hosts the store and announces losses (the local launcher), and only
+        for the whole job's group; returns whether regrouping is on. Operations then raise
+        :class:`PeerLost` where they would have failed on the dead peer.
+        """
+        if self.store is None or self.group is not None:
+            return False
+        backend = dist.get_backend()
+        self.membership = Membership(self.store, self.world_size, backend,
+                                     datetime.timedelta(seconds=self.config.timeout_s))
+        return True
 
     def split(self, ranks: list[int]) -> "Comm | None":
         """A sub-group of ``ranks`` sharing these counters; every rank must call it, members get a Comm."""
@@ -280,7 +309,13 @@ class Comm:
             self.meter.waited(time.perf_counter() - start)
 
     def _wait(self, work) -> None:
-        work.wait(datetime.timedelta(seconds=self.config.timeout_s))
+        try:
+            work.wait(datetime.timedelta(seconds=self.config.timeout_s))
+        except RuntimeError as e:
+            if self.membership is None or isinstance(e, PeerLost):
+                raise
+            self.rank, self.world_size = self.membership.regroup(e)
+            raise PeerLost([r["rank"] for r in self.membership.lost]) from e
 
     # -- collectives ------------------------------------------------------------------------
     def all_reduce_async(self, tensor: torch.Tensor, op: str = "sum") -> Work:
@@ -413,7 +448,9 @@ class Comm:
 
     @property
     def rank_in_world(self) -> int:
-        return self.global_rank(self.rank)
+        """This rank's number in the job as it started (a survivor's keeps it after regrouping)."""
+        rank = self.global_rank(self.rank)
+        return rank if self.membership is None else self.membership.members[rank]
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import resource
 import time
 from pathlib import Path
 from typing import Callable, Protocol
@@ -20,10 +21,11 @@ import torch
 from agentsync.actors import actors_of
 from agentsync.actors.actor import run_actor
 from agentsync.actors.feed import Feed, merge_reports
-from agentsync.checkpoint import from_bytes, load_checkpoint, save_checkpoint, to_bytes
+from agentsync.checkpoint import from_bytes, load_checkpoint, save_checkpoint, source_rank, to_bytes
 from agentsync.comm import Comm
 from agentsync.config import RunConfig
 from agentsync.errors import ConfigError
+from agentsync.membership import PeerLost
 from agentsync.metrics import MetricsLog, write_summary
 from agentsync.sync import Strategy, build_strategy, strategy_class
 from agentsync.tasks import Task, build_task
@@ -49,6 +51,8 @@ def run_worker(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
         if learners is None:
             run_actor(cfg, comm)
             return False
+        if strategy_class(cfg.strategy.name).regroups:
+            learners.allow_regrouping()
         worker = Worker(cfg, Path(run_dir), learners, resume=resume, progress=progress, world=comm)
         worker.run()
         return worker.strategy.is_reporter
@@ -81,9 +85,27 @@ class Worker:
         if resume:
             self._restore(load_checkpoint(run_dir))
         self.log = MetricsLog(run_dir, comm.rank, self.t0 - self.elapsed_before)
-        self.leader = self.strategy.worker_rank == 0  # evaluates during training and shows progress
         self.progress = progress(cfg.steps, self.strategy.steps) if progress and self.leader else None
         self.strategy.max_steps = cfg.steps
+
+    @property
+    def leader(self) -> bool:
+        """Evaluates during training and shows progress: worker 0 (after a regroup, the first survivor)."""
+        return self.strategy.worker_rank == 0
+
+    @property
+    def regrouping(self) -> bool:
+        """True between a regroup of the survivors and their agreement on a step: no collective but that."""
+        return self.comm.membership is not None and self.comm.membership.pending
+
+    def _survivable(self, fn, default=None):
+        """``fn()``, or ``default`` when a peer is lost in it or the survivors have yet to rejoin."""
+        if self.regrouping:
+            return default
+        try:
+            return fn()
+        except PeerLost:
+            return default
 
     # -- phases -----------------------------------------------------------------------------
     def run(self) -> None:
@@ -98,8 +120,13 @@ class Worker:
                 if self.feed:
                     self.feed.close()
             member = self.task.evaluate(self.model) if self.strategy.is_worker and self.strategy.replicas_differ else None
-            final = self.strategy.finalize()
-            self._finish(final, member)
+            while True:
+                try:
+                    self._rejoin()
+                    final = self.strategy.finalize()
+                    return self._finish(final, member)
+                except PeerLost:  # lost at the very end: the survivors regroup and finish without it
+                    continue
         finally:
             self.log.close()
 
@@ -119,7 +146,8 @@ class Worker:
         if start == 0:
             self._evaluate(0)
         self.loop_start, samples_before, paused = time.time(), self.samples, 0.0
-        for step in range(start, cfg.steps):
+        while self._rejoin() < cfg.steps:  # the strategy counts steps (survivors of a loss agree on one)
+            step = strategy.steps
             loss, samples = self.task.loss(self.model, step)
             loss = self.comm.inject_fault(step, loss)
             self.optimizer.zero_grad(set_to_none=True)
@@ -136,13 +164,22 @@ class Worker:
                 paused += self._evaluate(done)
             if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done != cfg.steps
                     and strategy.midrun_checkpoints):
-                self._checkpoint(done, self.model)
+                self._survivable(lambda: self._checkpoint(done, self.model))
             if strategy.finished:
                 break
         train_time, steps = time.time() - self.loop_start - paused, strategy.steps - start
         if steps > 0 and train_time > 0:
             self.timing = {"step_time_s": train_time / steps,
                            "train_samples_per_s": (self.samples - samples_before) / train_time}
+
+    def _rejoin(self) -> int:
+        """The step to go on from: the strategy's, agreed with the other survivors after a regroup."""
+        while self.regrouping:
+            try:
+                self.strategy.rejoin()
+            except PeerLost:  # another loss while agreeing: regrouped again, agree again
+                continue
+        return self.strategy.steps
 
     def _evaluate(self, step: int) -> float:
         """The leader evaluates; returns the seconds this rank spent here, which its training clock leaves out.
@@ -152,7 +189,7 @@ class Worker:
         and count the wait as training and communication time.
         """
         began = time.time()
-        extra = self.strategy.measure()
+        extra = self._survivable(self.strategy.measure, {})
         if self.leader:
             metrics = self.task.evaluate(self.model)
             self.log.log("eval", step, **metrics, **extra, **self.comm.stats.as_dict())
@@ -160,7 +197,7 @@ class Worker:
                 self.progress.update(step, **{self.task.metric: metrics[self.task.metric]})
         if not self.strategy.tolerates_worker_loss:
             with self.comm.uncounted():
-                self.comm.barrier()
+                self._survivable(self.comm.barrier)
         return time.time() - began
 
     def _finish(self, final: torch.nn.Module, member: dict | None) -> None:
@@ -184,30 +221,59 @@ class Worker:
 
     def _checkpoint(self, step: int, model: torch.nn.Module, member: dict | None = None) -> list[dict] | None:
         """Collect every rank's state and statistics at the reporter, which writes checkpoint.pt."""
-        payload = {"rank": self.comm.rank, "is_worker": self.strategy.is_worker, "state": self._rank_state(),
+        payload = {"rank": self.comm.rank_in_world, "is_worker": self.strategy.is_worker, "state": self._rank_state(),
                    "stats": self.strategy.stats, "samples": self.samples, "member": member,
-                   "actors": self.feed.report() if self.feed else None, **self.timing}
+                   "actors": self.feed.report() if self.feed else None, "peak_rss_mb": peak_rss_mb(), **self.timing}
         gathered = self.strategy.collect(to_bytes(payload))
         if gathered is None:
             return None
-        save_checkpoint(self.run_dir, step=step, elapsed_s=self._elapsed(), model=model.state_dict(),
-                        ranks=gathered)
+        save_checkpoint(self.run_dir, step=step, elapsed_s=self._elapsed(), workers=self.cfg.workers,
+                        model=model.state_dict(), ranks=gathered)
         return [from_bytes(p) for p in gathered]
 
     def _restore(self, checkpoint: dict) -> None:
         ranks = {p["rank"]: p for p in map(from_bytes, checkpoint["ranks"])}
-        if self.comm.rank not in ranks:
+        saved_workers = int(checkpoint.get("workers", self.cfg.workers))
+        source = source_rank(self.comm.rank, workers=self.cfg.workers, saved_workers=saved_workers,
+                             saved_ranks=sorted(ranks))
+        if source is None:
             raise ConfigError(f"the checkpoint has no state for rank {self.comm.rank} (lost during the run); "
                               "it cannot be resumed exactly")
-        mine = ranks[self.comm.rank]
+        mine = ranks[source]
         state = mine["state"]
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if saved_workers != self.cfg.workers:
+            mine = self._resharded(mine, [p for r, p in ranks.items() if r < saved_workers])
+            state = mine["state"]
         self.strategy.load_state_dict(state["strategy"])
         self.task.load_state_dict(state["task"])
         torch.set_rng_state(state["rng"])
         self.comm.stats.load(mine["stats"])
         self.elapsed_before, self.samples = float(checkpoint["elapsed_s"]), int(mine["samples"])
+
+    @torch.no_grad()
+    def _resharded(self, saved: dict, workers: list[dict]) -> dict:
+        """A saved rank's payload taken up on another worker count (see
+        :func:`~agentsync.checkpoint.source_rank`).
+
+        Where replicas differ, every new replica starts from the saved workers' mean model, so no old
+        replica counts twice; error-feedback residuals belong to the old partition and start empty;
+        the workers' cumulative counters (samples, bytes) are split evenly, so totals carry on.
+        """
+        if not self.strategy.is_worker:
+            return saved
+        if self.strategy.replicas_differ and len(workers) > 1:
+            models = [w["state"]["model"] for w in workers]
+            for key, value in self.model.state_dict().items():
+                if value.is_floating_point():
+                    value.copy_(torch.stack([m[key] for m in models]).mean(0))
+        share = lambda values: sum(values) / self.cfg.workers
+        stats = {k: type(v)(share(w["stats"][k] for w in workers)) for k, v in saved["stats"].items()
+                 if k in self.comm.stats.as_dict()}
+        strategy = {k: v for k, v in saved["state"]["strategy"].items() if k != "compression"}
+        return {**saved, "state": {**saved["state"], "strategy": strategy}, "stats": stats,
+                "samples": int(share(w["samples"] for w in workers))}
 
     def _elapsed(self) -> float:
         return self.elapsed_before + time.time() - self.t0
@@ -247,9 +313,19 @@ class Worker:
         feeds = [p["actors"] for p in payloads if p.get("actors")]
         if feeds:
             summary["actors"] = merge_reports(feeds, summary["throughput"].get("train_samples_per_s"))
+        if self.comm.membership and self.comm.membership.lost:
+            summary["lost_ranks"] = self.comm.membership.lost
+        peaks = {str(p["rank"]): p["peak_rss_mb"] for p in payloads}
+        peaks[str(self.comm.rank_in_world)] = peak_rss_mb()  # the reporter's, after gathering and saving
+        summary["peak_rss_mb_by_rank"] = peaks
         summary["restarts"] = restarts()
         summary["ok"] = True
         return summary
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports ru_maxrss in KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def restarts() -> int:

@@ -27,7 +27,10 @@ from typing import Callable
 
 import torch
 
-from agentsync.comm import free_port, leave_process
+import datetime
+
+from agentsync.comm import LAUNCHER_STORE, free_port, leave_process, rendezvous_store
+from agentsync.membership import announce_lost
 from agentsync.config import RunConfig
 from agentsync.errors import JobFailed
 from agentsync.launch import Announce, prepare_run_dir, restart_point, tolerated_loss, without_injected_failures
@@ -87,10 +90,13 @@ def run_attempt(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: Progre
                 restarts: int) -> tuple[list[tuple[int, str]], list[int]]:
     """Spawn every rank and wait; returns the failures that end the job (none when it succeeded)."""
     before = summary_signature(run_dir)
-    world = cfg.world_size
-    base_env = {"WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": cfg.comm.master_addr,
-                "MASTER_PORT": str(cfg.comm.master_port or free_port(cfg.comm.master_addr)),
-                "TORCHELASTIC_RESTART_COUNT": str(restarts)}
+    world, addr = cfg.world_size, cfg.comm.master_addr
+    port = cfg.comm.master_port or free_port(addr)
+    # the launcher hosts the store, as torchrun's agent does: no rank's death takes it down, and
+    # it is where the launcher announces a lost rank to the survivors (agentsync.membership)
+    store = rendezvous_store(addr, port, 0, world, datetime.timedelta(seconds=cfg.comm.timeout_s))
+    base_env = {"WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": addr,
+                "MASTER_PORT": str(port), "TORCHELASTIC_RESTART_COUNT": str(restarts), LAUNCHER_STORE: "1"}
     ctx = mp.get_context("spawn")
     procs = []
     try:
@@ -101,7 +107,7 @@ def run_attempt(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: Progre
             proc.start()
             procs.append(proc)
         failures, hung = watch(procs, tolerated=lambda rank: tolerated_loss(cfg, rank),
-                               grace_s=cfg.comm.timeout_s + GRACE_S)
+                               grace_s=cfg.comm.timeout_s + GRACE_S, on_failure=lambda rank: announce_lost(store, rank))
     finally:
         for proc in procs:
             if proc.is_alive():
@@ -125,10 +131,11 @@ def summary_signature(run_dir: Path) -> tuple[int, int] | None:
     return stat.st_ino, stat.st_mtime_ns
 
 
-def watch(procs: list, *, tolerated: Callable[[int], bool], grace_s: float
-          ) -> tuple[list[tuple[int, str]], list[int]]:
+def watch(procs: list, *, tolerated: Callable[[int], bool], grace_s: float,
+          on_failure: Callable[[int], None] = lambda rank: None) -> tuple[list[tuple[int, str]], list[int]]:
     """Wait for every process; returns failures in the order seen (signal deaths first within a poll)
-    and the ranks killed for not stopping within ``grace_s`` after a failure the job cannot go on without."""
+    and the ranks killed for not stopping within ``grace_s`` after a failure the job cannot go on without.
+    ``on_failure(rank)`` is called as each failure is seen."""
     failures: list[tuple[int, str]] = []
     seen: set[int] = set()
     deadline = None
@@ -138,6 +145,7 @@ def watch(procs: list, *, tolerated: Callable[[int], bool], grace_s: float
         for rank, code in sorted(fresh, key=lambda rc: rc[1] >= 0):
             seen.add(rank)
             failures.append((rank, describe_exit(code)))
+            on_failure(rank)
         alive = [rank for rank, p in enumerate(procs) if p.is_alive()]
         if not alive:
             return failures, []

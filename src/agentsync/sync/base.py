@@ -11,6 +11,7 @@ from torch import nn
 from agentsync.comm import Comm
 from agentsync.compress import Compression, is_none, parse_codec
 from agentsync.errors import ConfigError
+from agentsync.membership import PeerLost
 from agentsync.optim import OptimizerConfig
 from agentsync.options import Options, check
 from agentsync.update import Update, UpdateRule
@@ -54,8 +55,13 @@ class Strategy(abc.ABC):
     """True when workers' parameters can differ, so a consensus distance and member spread apply."""
     tolerates_worker_loss: ClassVar[bool] = False
     """True when the job goes on without a dead worker (asynchronous strategies)."""
+    regroups: ClassVar[bool] = False
+    """True when the survivors of a lost worker re-form the group and go on (decentralized strategies,
+    under the local launcher; see :mod:`agentsync.membership`)."""
     preferred_optimizer: ClassVar[OptimizerConfig | None] = None
     """Optimizer settings this strategy is meant to run with, over the task's, under the user's."""
+    fixed_workers: ClassVar[str] = ""
+    """Why a run cannot resume on another worker count ("" where it can: the state is resharded)."""
     midrun_checkpoints: ClassVar[bool] = True
     """False where state lives on ranks that are busy serving (parameter servers): checkpoint at the end only."""
     supports_compression: ClassVar[bool] = False
@@ -120,8 +126,25 @@ class Strategy(abc.ABC):
     def step(self) -> None:
         """Synchronise and update: call it where ``optimizer.step()`` would be."""
         self.comm.straggle()
-        self._step()
+        try:
+            self._step()
+        except PeerLost:  # the synchronization in flight is dropped; the local update stands
+            pass
         self.steps += 1
+
+    def rejoin(self) -> None:
+        """After the survivors of a lost peer regrouped: every one takes the furthest step any has
+        reached, so from here all make the same synchronization calls; then re-derive what depends
+        on the group (a topology). Raises :class:`PeerLost` again if another peer is lost meanwhile."""
+        furthest = torch.tensor([self.steps], dtype=torch.int64, device=self.comm.device)
+        with self.comm.uncounted():
+            self.comm.all_reduce_(furthest, op="max")
+        self.steps = int(furthest)
+        self.comm.membership.rejoined(self.steps)
+        self._regrouped()
+
+    def _regrouped(self) -> None:
+        """Strategy state that depends on the group's size or ranks, re-derived after regrouping."""
 
     @abc.abstractmethod
     def _step(self) -> None:

@@ -43,6 +43,7 @@ class DiLoCo(Decentralized):
     """Local SGD with an outer optimizer: the averaged model update is treated as a gradient."""
 
     Config = DiLoCoConfig
+    regroups = True
     description = "inner optimizer for H steps, outer Nesterov SGD on the averaged pseudo-gradient"
     preferred_optimizer: ClassVar[OptimizerConfig] = OptimizerConfig(name="adamw", lr=1e-3, weight_decay=0.01)
     supports_compression = True

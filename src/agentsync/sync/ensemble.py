@@ -52,6 +52,7 @@ def state_groups(model: nn.Module) -> list[list[torch.Tensor]]:
 class Ensemble(Decentralized):
     """Train W models independently; combine their outputs."""
 
+    fixed_workers = "each ensemble member is a model of its own"
     description = "independent training on disjoint shards; outputs of the members averaged at the end"
 
     def __init__(self, config, comm, *, num_workers: int | None = None) -> None:

@@ -40,6 +40,8 @@ class Gossip(Decentralized):
     """Decentralized averaging: no all-to-all traffic, each round costs one model each way."""
 
     Config = GossipConfig
+    regroups = True
+    fixed_workers = "each worker's replica and its place in the topology are its own"
     description = "local steps, then pairwise mixing with a partner from a topology (ring, random, exponential)"
 
     def __init__(self, config: GossipConfig, comm: Comm, *, num_workers: int | None = None) -> None:
@@ -69,6 +71,11 @@ class Gossip(Decentralized):
         theirs = torch.empty_like(mine)
         self.comm.exchange(mine, theirs, partner)
         unflatten_(tensors, mine.mul_(self.config.alpha).add_(theirs, alpha=1 - self.config.alpha))
+
+    def _regrouped(self) -> None:
+        """The topology over the survivors, at the round every one of them has reached."""
+        self.topology = TOPOLOGIES[self.config.topology](self.comm.world_size, self.config.seed)
+        self.rounds = self.steps // self.config.period
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "rounds": self.rounds}

@@ -9,6 +9,7 @@ class NoSync(Strategy):
 
     description = "independent workers, no communication (baseline)"
     replicas_differ = True
+    fixed_workers = "each worker trains a model of its own"
 
     def _step(self) -> None:
         self.update()

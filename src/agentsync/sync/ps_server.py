@@ -232,6 +232,10 @@ class ServerRole:
         self.staleness = Counter({int(k): int(v) for k, v in state["staleness"].items()})
         self.staleness_by_rank = {int(w): list(s) for w, s in state["staleness_by_rank"].items()}
         self.dropped, self.rejected, self.lost = int(state["dropped"]), int(state["rejected"]), list(state["lost"])
+        if len(self.clocks) != self.layout.workers:  # resumed on another worker count: one clock for all
+            clock = max(self.clocks.values(), default=0)
+            self.clocks = Counter({w: clock for w in range(self.layout.workers)})
+            self.staleness_by_rank = {w: self.staleness_by_rank.get(w, []) for w in range(self.layout.workers)}
         if self.optimizer is not None and state["optimizer"] is not None:
             self.optimizer.load_state_dict(state["optimizer"])
         if self.update is not None and state["update"] is not None:

@@ -48,6 +48,9 @@ class Task(abc.ABC):
     actor_learner: ClassVar[bool] = False
     """True where separate actor processes act and the workers only learn (``[actors]``)."""
     default_actors_per_worker: ClassVar[int] = 0
+    fixed_workers: ClassVar[str] = ""
+    """Why a run cannot resume on another worker count ("" where it can: data is resharded by the
+    new worker count, each worker's shard a function of (seed, rank, workers))."""
 
     def __init__(self, config: TaskConfig, *, worker_rank: int, num_workers: int, seed: int,
                  device: torch.device | str = "cpu") -> None:

@@ -79,6 +79,7 @@ class RLTask(Task):
     env_id: ClassVar[str] = ""
     env_kwargs: ClassVar[dict] = {}
     metric = "eval_return"
+    fixed_workers = "each worker's environments, statistics and replay are its own"
 
     def __init__(self, config: RLConfig, **kwargs) -> None:
         super().__init__(config, **kwargs)
