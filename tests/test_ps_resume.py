@@ -71,3 +71,41 @@ def test_a_resume_whose_workers_all_die_fails_though_an_old_summary_exists(tmp_p
     assert result.returncode != 0, result.stdout
     assert "agentsync" in result.stderr and "rank" in result.stderr
     assert (tmp_path / "run" / "summary.json").read_text() == old  # nothing claims the run finished
+
+
+@pytest.mark.timeout(300)
+def test_a_crashed_ps_async_run_resumes_from_the_middle(tmp_path):
+    """The whole job is killed once it has checkpointed past half its steps; --resume goes on from
+    that checkpoint, and every rank's metrics continue from its step, each step logged once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from agentsync.checkpoint import load_checkpoint
+    from agentsync.errors import ConfigError
+    from conftest import ENV, ROOT, read_jsonl
+
+    run = tmp_path / "run"
+    args = ["--strategy", "ps-async", "--workers", "2", "--steps", "200", "--set", "checkpoint_every=25",
+            "--set", "log_every=10", "--set", "eval_every=0", *ASYNC_SGD]
+    job = subprocess.Popen([sys.executable, "-m", "agentsync", "train", "--out", str(run), *args], cwd=ROOT, env=ENV,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    step, deadline = 0, time.monotonic() + 200
+    while step < 100 and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            step = load_checkpoint(run)["step"]
+        except ConfigError:  # not written yet
+            pass
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    assert 100 <= step < 200, f"the job was not caught mid-run (checkpoint at step {step})"
+    result = resume(run, 200)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["ok"] and summary["updates"] == 2 * 200  # every push of both halves applied once
+    for rank in (0, 1):
+        logged = [e["step"] for e in read_jsonl(run / "metrics.jsonl") if e["event"] == "train" and e["rank"] == rank]
+        assert logged == list(range(10, 201, 10)), (rank, logged)

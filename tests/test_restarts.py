@@ -43,13 +43,16 @@ def test_allreduce_restarts_from_its_checkpoint_and_ends_as_if_never_interrupted
 
 
 @pytest.mark.timeout(300)
-def test_ps_sync_without_midrun_checkpoints_restarts_from_the_start(tmp_path):
-    args = [*DIGITS, "--strategy", "ps-sync", "--steps", "30"]
+def test_ps_sync_restarts_from_its_midrun_snapshot_and_ends_as_if_never_interrupted(tmp_path):
+    """Parameter servers checkpoint mid-run too (a consistent cut of servers and workers): killed at
+    step 45, the job restarts from step 40 and ends with the uninterrupted run's parameters (the
+    servers sum the workers' gradients in arrival order: equal up to float rounding)."""
+    args = [*DIGITS, "--strategy", "ps-sync", "--steps", "60", "--set", "checkpoint_every=20"]
     train(tmp_path / "whole", *args)
-    result = agentsync("train", "--out", str(tmp_path / "run"), *args, "--set", "comm.fault=1:kill@15",
+    result = agentsync("train", "--out", str(tmp_path / "run"), *args, "--set", "comm.fault=1:kill@45",
                        "--max-restarts", "1")
     assert result.returncode == 0, result.stderr
-    assert "restart 1 of 1 from the start" in result.stderr
+    assert "restart 1 of 1 from the checkpoint at step 40" in result.stderr
     assert_same_parameters(tmp_path / "run", tmp_path / "whole")
 
 

@@ -81,6 +81,8 @@ class Worker:
         self.strategy, self.task, self.model, self.optimizer = build_parts(cfg, comm)
         self.feed = self._feed(world or comm)
         self.elapsed_before, self.samples = 0.0, 0
+        self.checkpointed = 0
+        """The step of the latest checkpoint written or resumed from."""
         self.timing = {"step_time_s": None, "train_samples_per_s": None}  # this session's training loop only
         if resume:
             self._restore(load_checkpoint(run_dir))
@@ -112,6 +114,7 @@ class Worker:
         try:
             if not self.strategy.is_worker:  # a server comes back from serving to report here (else it leaves)
                 self.strategy.leaves_after_serving = False
+                self.strategy.checkpoint = self._server_checkpoint
             self.strategy.setup(self.model, self.optimizer, self.cfg.optimizer.update_rule())  # servers serve here
             if self.strategy.is_worker:
                 if self.feed:
@@ -162,9 +165,8 @@ class Worker:
                 self.progress.update(done, loss=loss.item(), samples_per_s=rate)
             if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
                 paused += self._evaluate(done)
-            if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done != cfg.steps
-                    and strategy.midrun_checkpoints):
-                self._survivable(lambda: self._checkpoint(done, self.model))
+            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done != cfg.steps:
+                self._survivable(lambda: self._checkpoint(done, self.model, midrun=True))
             if strategy.finished:
                 break
         train_time, steps = time.time() - self.loop_start - paused, strategy.steps - start
@@ -219,12 +221,20 @@ class Worker:
                 "strategy": self.strategy.state_dict(), "task": self.task.state_dict(),
                 "rng": torch.get_rng_state()}
 
-    def _checkpoint(self, step: int, model: torch.nn.Module, member: dict | None = None) -> list[dict] | None:
+    def _server_checkpoint(self) -> None:
+        """A parameter server's part of a mid-run checkpoint: every worker waits at the step it is due."""
+        step = next(s for s in range(self.cfg.checkpoint_every, self.cfg.steps, self.cfg.checkpoint_every)
+                    if s > self.checkpointed)
+        self._checkpoint(step, self.model, midrun=True)
+
+    def _checkpoint(self, step: int, model: torch.nn.Module, member: dict | None = None,
+                    midrun: bool = False) -> list[dict] | None:
         """Collect every rank's state and statistics at the reporter, which writes checkpoint.pt."""
         payload = {"rank": self.comm.rank_in_world, "is_worker": self.strategy.is_worker, "state": self._rank_state(),
                    "stats": self.strategy.stats, "samples": self.samples, "member": member,
                    "actors": self.feed.report() if self.feed else None, "peak_rss_mb": peak_rss_mb(), **self.timing}
-        gathered = self.strategy.collect(to_bytes(payload))
+        gathered = (self.strategy.snapshot if midrun else self.strategy.collect)(to_bytes(payload))
+        self.checkpointed = step
         if gathered is None:
             return None
         save_checkpoint(self.run_dir, step=step, elapsed_s=self._elapsed(), workers=self.cfg.workers,
@@ -251,6 +261,7 @@ class Worker:
         torch.set_rng_state(state["rng"])
         self.comm.stats.load(mine["stats"])
         self.elapsed_before, self.samples = float(checkpoint["elapsed_s"]), int(mine["samples"])
+        self.checkpointed = int(checkpoint["step"])
 
     @torch.no_grad()
     def _resharded(self, saved: dict, workers: list[dict]) -> dict:

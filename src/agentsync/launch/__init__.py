@@ -27,9 +27,12 @@ Announce = Callable[[], None]
 
 
 def prepare_run_dir(cfg: RunConfig, *, resume: bool, announce: Announce | None = None) -> Path:
-    """Create the run folder and write the resolved config.toml (a resumed run keeps its folder)."""
+    """Create the run folder and write the resolved config.toml (a resumed run keeps its folder, and
+    drops the metrics a crashed run logged past its checkpoint: they are logged again)."""
     run_dir = Path(cfg.out)
-    if not resume:
+    if resume:
+        restart_point(run_dir)
+    else:
         if run_dir.exists() and any(run_dir.iterdir()):
             raise ConfigError(f"run folder {str(run_dir)!r} already exists and is not empty; "
                               "pass --resume to continue it or another --out")

@@ -10,7 +10,7 @@ loss — never because a file from an earlier run exists.
 
 With ``launch.max_restarts`` (``--max-restarts N``) a failed job starts again by itself, as
 ``torchrun --max-restarts`` does: from the latest checkpoint (``checkpoint_every``), or from the
-start where there is none (parameter servers checkpoint only at the end). Each restart is said on
+start where there is none. Each restart is said on
 stderr and counted in the summary's ``restarts``; injected kill and hang faults act in the first
 attempt only.
 """

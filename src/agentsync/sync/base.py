@@ -62,8 +62,6 @@ class Strategy(abc.ABC):
     """Optimizer settings this strategy is meant to run with, over the task's, under the user's."""
     fixed_workers: ClassVar[str] = ""
     """Why a run cannot resume on another worker count ("" where it can: the state is resharded)."""
-    midrun_checkpoints: ClassVar[bool] = True
-    """False where state lives on ranks that are busy serving (parameter servers): checkpoint at the end only."""
     supports_compression: ClassVar[bool] = False
     """True where ``comm.compression`` applies: the strategy sends its payloads through a codec."""
     max_steps: int | None = None
@@ -172,6 +170,10 @@ class Strategy(abc.ABC):
         """
         with self.comm.uncounted():
             return self.comm.gather_bytes(payload, dst=0)
+
+    def snapshot(self, payload: bytes) -> list[bytes] | None:
+        """:meth:`collect` for a mid-run checkpoint (parameter servers take a consistent cut instead)."""
+        return self.collect(payload)
 
     def measure(self) -> dict:
         """Measurements every worker takes together at evaluation points (e.g. consensus distance)."""

@@ -48,7 +48,6 @@ class ParameterServer(Strategy):
     Worker: ClassVar[type[WorkerRole]] = WorkerRole
     Server: ClassVar[type[ServerRole]] = ServerRole
     tolerates_worker_loss = True
-    midrun_checkpoints = False
 
     def __init__(self, config: StrategyConfig, comm, *, num_workers: int | None = None) -> None:
         super().__init__(config, comm, num_workers=num_workers)
@@ -58,6 +57,9 @@ class ParameterServer(Strategy):
         self.server: ServerRole | None = None
         self.leaves_after_serving = True
         """A server leaves the process at the end of ``setup()``; the CLI runtime clears it to report first."""
+        self.checkpoint = lambda: None
+        """The runtime's mid-run checkpoint, which a server calls when a snapshot is due (see
+        :mod:`~agentsync.sync.ps_server`); a bring-your-own loop has none."""
 
     @classmethod
     def world_size(cls, workers: int, servers: int) -> int:
@@ -95,6 +97,7 @@ class ParameterServer(Strategy):
             self.worker = self.build_worker(saved)
             return
         self.server = self.build_server(servers_comm, saved)
+        self.server.checkpoint = self.checkpoint
         self.server.serve()
         if self.leaves_after_serving:
             leave_process(0)
@@ -146,6 +149,13 @@ class ParameterServer(Strategy):
             self.comm.send(pack(header, torch.zeros(0, device=self.comm.device)), self.num_workers)
             data = torch.frombuffer(bytearray(payload), dtype=torch.uint8) if payload else torch.zeros(0, dtype=torch.uint8)
             self.comm.send(data.to(self.comm.device), self.num_workers)
+        return None
+
+    def snapshot(self, payload: bytes) -> list[bytes] | None:
+        """A mid-run checkpoint, a consistent cut: workers wait at the servers; server 0 gets the states."""
+        if self.server is not None:
+            return self.server.collect(payload)
+        self.worker.snapshot(payload)
         return None
 
     # -- reporting and state ---------------------------------------------------------------------

@@ -8,7 +8,8 @@ view of their bytes, never converted, so any value up to 2^63 travels exactly):
     server → worker   [version, min_clock, 0, 0 | payload]
 
 ``extra`` is the length of what follows: for PUSH and DONE the float32 payload's, for COLLECT
-the byte length of the uint8 message that comes next (the COLLECT message itself is header-only).
+and SNAPSHOT the byte length of the uint8 message that comes next (the message itself is
+header-only; a SNAPSHOT to a server other than server 0 carries no bytes).
 A server receives each worker's messages into a buffer
 of its largest possible size (gloo delivers a shorter message into it) and counts only the
 bytes the header says arrived.
@@ -34,6 +35,7 @@ class Kind(enum.IntEnum):
     PUSH = 1      # a gradient (or θ_i) shard; answered with parameters (or an update)
     DONE = 2      # the worker finished (to server 0 it carries the worker's float buffers); answered with the final shard
     COLLECT = 3   # end-of-run state for the summary and checkpoint, to server 0 only (header, then bytes)
+    SNAPSHOT = 4  # a mid-run checkpoint: the worker waits here; to server 0 it carries the worker's state
 
 
 @dataclasses.dataclass
@@ -125,9 +127,10 @@ def listen(comm: Comm, worker: int, capacity: int, inbox: queue.Queue) -> None:
         try:
             comm.recv(message, worker, timeout_s=IDLE_S)
             (kind, _, version, extra), rest = unpack(message)
-            if kind == Kind.COLLECT:
+            if kind in (Kind.COLLECT, Kind.SNAPSHOT):
                 payload = torch.empty(extra, dtype=torch.uint8, device=comm.device)
-                comm.recv(payload, worker, timeout_s=IDLE_S)
+                if extra:
+                    comm.recv(payload, worker, timeout_s=IDLE_S)
             else:
                 payload = rest[:extra]
             inbox.put(Message(worker, Kind(kind), version, payload))

@@ -10,7 +10,16 @@ step contract holds on the servers: skip a non-finite gradient (counted), clip, 
 learning rate over the updates this server makes, step.
 
 Bytes: a PUSH and its answer are counted (header + shard each way); the end-of-run DONE exchange,
-the COLLECT gather and the servers' final all-gather are not (they deliver the result).
+the COLLECT gather and the servers' final all-gather are not (they deliver the result), nor are
+mid-run snapshots (checkpoints).
+
+**Mid-run checkpoints** are a consistent cut at one version. A worker due to checkpoint sends
+SNAPSHOT to every server (to server 0 with its state) and waits. A server holds the SNAPSHOTs
+until every live worker has sent one: then no push is in flight, every one sent before has been
+applied, and the servers' shards, optimizer states and counters and the workers' states all
+belong to the same moment. The servers take their snapshot (server 0 gathers the servers'
+states and writes the checkpoint through :attr:`ServerRole.checkpoint`), then release the
+workers. The price: ``checkpoint_every`` steps, asynchronous workers wait for the slowest once.
 """
 from __future__ import annotations
 
@@ -69,6 +78,10 @@ class ServerRole:
         self.rejected = 0
         """Non-finite pushes refused outside an optimizer update (easgd's θ_i)."""
         self.lost: list[dict] = []
+        self.snapshots: dict[int, bytes] = {}
+        """Workers waiting in a mid-run checkpoint, with their states (server 0)."""
+        self.checkpoint = lambda: None
+        """Called once every live worker waits in a snapshot: the runtime's mid-run checkpoint (servers' side)."""
         if state:
             self.load_state_dict(state)
 
@@ -83,6 +96,7 @@ class ServerRole:
         while self.live - self.done:
             self.handle(self.next_message())
             self.release()
+            self.take_snapshot()
         if not self.live:
             reasons = "; ".join(f"rank {x['rank']}: {x['reason']}" for x in self.lost)
             raise JobFailed(f"every worker was lost ({reasons}); no final model")
@@ -109,6 +123,8 @@ class ServerRole:
         elif msg.kind == Kind.DONE:
             self.done.add(msg.worker)
             self.final_buffers[msg.worker] = msg.payload
+        elif msg.kind == Kind.SNAPSHOT:
+            self.snapshots[msg.worker] = bytes(msg.payload.cpu().numpy().tobytes())
 
     def count_received(self, payload: torch.Tensor) -> None:
         """The listener's buffer is the largest message's size: count what this one carried."""
@@ -120,6 +136,7 @@ class ServerRole:
             return
         self.live.discard(worker)
         self.waiting.pop(worker, None)
+        self.snapshots.pop(worker, None)
         self.lost.append({"rank": worker, "version": self.version, "time_s": round(time.time() - self.start_time, 3),
                           "reason": reason})
         self.on_lost(worker)
@@ -159,6 +176,19 @@ class ServerRole:
     def shard_vector(self) -> torch.Tensor:
         return flat(self.shard, self.comm.device)
 
+    # -- mid-run checkpoints ---------------------------------------------------------------------
+    def take_snapshot(self) -> None:
+        """Once every live worker waits in a snapshot: the servers share the whole current model,
+        checkpoint, and release the workers (uncounted: a checkpoint is not the strategy's cost)."""
+        if not self.snapshots or set(self.snapshots) < self.live - self.done:
+            return
+        with self.comm.uncounted():
+            self.gather_model_()
+            self.checkpoint()
+            for w in sorted(self.snapshots):
+                self.comm.send(pack([self.version, 0], torch.zeros(0, device=self.comm.device)), w)
+        self.snapshots = {}
+
     # -- end of run ----------------------------------------------------------------------------
     @torch.no_grad()
     def deliver_final_(self) -> None:
@@ -193,6 +223,8 @@ class ServerRole:
             return self.collect_from_workers() + servers
 
     def collect_from_workers(self) -> list[bytes]:
+        if self.snapshots:  # a mid-run checkpoint: the states came with the workers' SNAPSHOTs
+            return [self.snapshots[w] for w in sorted(self.snapshots)]
         received: dict[int, bytes] = {}
         while set(received) < self.live:
             msg = self.next_message()

@@ -96,6 +96,21 @@ class WorkerRole:
                 if s == 0:
                     unflat_(self.buffers, reply[self.layout.numels[s]:])
 
+    def snapshot(self, payload: bytes) -> None:
+        """Wait in a mid-run checkpoint: SNAPSHOT to every server (server 0 gets this worker's state),
+        then every server's release (see :mod:`agentsync.sync.ps_server`). Uncounted."""
+        data = torch.frombuffer(bytearray(payload), dtype=torch.uint8) if payload else torch.zeros(0, dtype=torch.uint8)
+        empty = torch.zeros(0, device=self.comm.device)
+        with self.comm.uncounted():
+            for s in range(self.layout.servers):
+                size = len(payload) if s == 0 else 0
+                self.comm.send(pack([int(Kind.SNAPSHOT), self.comm.rank, self.version, size], empty),
+                               self.layout.server_rank(s))
+                if size:
+                    self.comm.send(data.to(self.comm.device), self.layout.server_rank(s))
+            for s in range(self.layout.servers):
+                self.comm.recv(torch.empty(HEADER, device=self.comm.device), self.layout.server_rank(s))
+
     def state_dict(self) -> dict:
         return {"version": self.version, "clock": self.clock, "buffers": [b.cpu() for b in self.own_buffers]}
 
