@@ -11,7 +11,10 @@ survivors *abort and re-create* the group, as torchft does per quorum:
 2. A survivor whose operation fails reads the announcements (waiting a few seconds for the
    launcher's poll). No new loss announced: the error is real and propagates. Otherwise it
    destroys the old group and joins a new one of the survivors, through the store under a prefix
-   naming them, ranks renumbered in their old order, and raises :class:`PeerLost`.
+   naming them, ranks renumbered in their old order, and raises :class:`PeerLost`. A survivor
+   blocked in the old group on a live peer (not the dead rank's neighbour in a ring) fails only
+   when its operation times out (``comm.timeout_s``), so the new group's rendezvous waits for
+   twice that before giving up.
 3. The strategy drops the synchronization it was in (the step's local update stands) and, at the
    start of the next step, every survivor agrees on the furthest step reached
    (:meth:`~agentsync.sync.base.Strategy.rejoin`), so all of them make the same calls from there on.
@@ -85,7 +88,11 @@ class Membership:
         dist.destroy_process_group()
         rank, size = self.members.index(me), len(self.members)
         prefix = dist.PrefixStore(f"agentsync/group-{'-'.join(map(str, self.members))}", self.store)
-        dist.init_process_group(self.backend, store=prefix, rank=rank, world_size=size, timeout=self.timeout)
+        self.store.set_timeout(2 * self.timeout + datetime.timedelta(seconds=ANNOUNCE_WAIT_S))
+        try:
+            dist.init_process_group(self.backend, store=prefix, rank=rank, world_size=size, timeout=self.timeout)
+        finally:
+            self.store.set_timeout(self.timeout)
         self.pending = True
         return rank, size
 
