@@ -1,0 +1,174 @@
+"""Pipeline model parallelism (P stages × W replicas): equal to one process and to data parallel,
+every strategy per stage, exact resume, and bad input refused."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from agentsync.cli import main
+from agentsync.pipeline import Layout
+from agentsync.pipeline.split import balanced_split, stage_keys, stage_module, to_whole_keys
+from agentsync.tasks.charlm import CharLM, CharLMConfig
+from agentsync.tasks.digits import Digits, DigitsConfig
+from conftest import agentsync, train
+
+STEPS, LR = 20, 0.05
+SGD = ["--set", "optimizer.name=sgd", "--set", f"optimizer.lr={LR}", "--set", "optimizer.momentum=0"]
+
+
+def final_model(run_dir) -> dict:
+    return torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
+
+
+def assert_close(a: dict, b: dict, atol: float) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=atol, rtol=0), (key, (a[key] - b[key]).abs().max())
+
+
+# -- the split and the layout (one process) -----------------------------------------------------------
+def test_balanced_split_minimises_the_largest_stage():
+    assert balanced_split([8320, 16512, 1290], 2) == [0, 1, 3]        # digits: 8,320 | 17,802
+    assert balanced_split([5, 5, 5, 5], 2) == [0, 2, 4]
+    assert balanced_split([1, 1, 1], 3) == [0, 1, 2, 3]
+    assert balanced_split([12288, *[49984] * 4, 8448], 2) == [0, 3, 6]  # charlm, 4 blocks: embeddings + 2 | 2 + head
+
+
+def test_stages_put_back_together_are_the_whole_model():
+    task = CharLM(CharLMConfig(layers=3, corpus_chars=20_000), worker_rank=0, num_workers=1, seed=0)
+    torch.manual_seed(0)
+    whole = task.build_model()
+    units = task.pipeline_units(whole)
+    stages = [stage_module(units, s, 3) for s in range(3)]
+    x, _ = task.pipeline_batch(0)
+    h = x
+    for stage in stages:
+        h = stage(h)
+    assert torch.equal(h, whole(x))
+    parts = {k: v for s in stages for k, v in to_whole_keys(s.state_dict(), stage_keys(whole, s)).items()}
+    assert parts.keys() == whole.state_dict().keys()
+
+
+def test_layout_stage_groups_and_pipelines():
+    grid = Layout(stages=2, workers=2)
+    assert grid.stage_ranks(0) == [0, 1] and grid.stage_ranks(1) == [2, 3]
+    assert grid.pipeline_ranks(0) == [0, 2] and grid.pipeline_ranks(1) == [1, 3]
+    servers = Layout(stages=2, workers=2, servers_per_stage=1)  # servers per stage, after its workers
+    assert servers.world_size == 6 and servers.stage_ranks(1) == [3, 4, 5]
+    assert servers.pipeline_ranks(1) == [1, 4] and servers.reporter_ranks() == [2, 5]
+    assert not servers.is_worker(5) and servers.local_of(4) == 1
+
+
+# -- bad input ------------------------------------------------------------------------------------------
+BAD = {
+    "more stages than units": (["--stages", "4"], "parallel.stages must be <= 3"),
+    "microbatches not dividing the batch": (["--stages", "2", "--set", "parallel.microbatches=5"],
+                                            "parallel.microbatches must be a divisor of task.batch_size (32)"),
+    "unknown schedule": (["--stages", "2", "--set", "parallel.schedule=interleaved1f1b"],
+                         "parallel.schedule must be one of 1f1b, gpipe"),
+    "a task that does not split": (["--task", "frozenlake-q", "--stages", "2"],
+                                   "does not split into pipeline stages; tasks that do: digits, charlm"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_pipeline_input_is_one_line_exit_2(case, tmp_path, capsys, monkeypatch):
+    argv, expected = BAD[case]
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("agentsync: error: ") and expected in err, err
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.timeout(60)
+def test_bad_pipeline_input_exits_2_from_the_real_cli(tmp_path):
+    result = agentsync("train", "--stages", "9", "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and "parallel.stages must be <= 3" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+# -- equivalences (real processes) ----------------------------------------------------------------------
+def one_process(workers: int, steps: int = STEPS) -> dict:
+    """Plain SGD in one process on the concatenation of every replica's batch at each step."""
+    tasks = [Digits(DigitsConfig(), worker_rank=r, num_workers=workers, seed=0) for r in range(workers)]
+    torch.manual_seed(0)
+    model = tasks[0].build_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    for step in range(steps):
+        batches = [t.batch(step) for t in tasks]
+        x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    return model.state_dict()
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+def test_two_stages_match_one_process(tmp_path, schedule):
+    summary = train(tmp_path / "run", "--workers", "1", "--stages", "2", "--steps", str(STEPS), *SGD,
+                    "--set", f"parallel.schedule={schedule}", "--set", "parallel.microbatches=4")
+    assert summary["stages"] == 2 and summary["schedule"] == schedule
+    assert_close(final_model(tmp_path / "run"), one_process(1), atol=1e-5)
+    # activations forward and their gradients back: 4 microbatches × 8 samples × 128 floats each way
+    assert summary["pipeline_comm"]["bytes_sent"] == STEPS * 2 * 4 * 8 * 128 * 4
+    assert summary["comm"]["bytes_sent"] == 0  # one replica per stage: nothing to synchronize
+
+
+@pytest.mark.timeout(300)
+def test_two_stages_two_replicas_allreduce_match_data_parallel(tmp_path):
+    train(tmp_path / "p1", "--workers", "2", "--steps", str(STEPS), *SGD)
+    summary = train(tmp_path / "p2", "--workers", "2", "--stages", "2", "--steps", str(STEPS), *SGD)
+    assert summary["world_size"] == 4
+    assert_close(final_model(tmp_path / "p2"), final_model(tmp_path / "p1"), atol=1e-5)
+    assert_close(final_model(tmp_path / "p2"), one_process(2), atol=1e-5)
+
+
+# -- every strategy, per stage ------------------------------------------------------------------------------
+STRATEGIES = {"none": [], "allreduce": [], "gossip": [], "local-sgd": [], "diloco": [], "ensemble": [],
+              "ps-sync": [], "ps-async": [], "ssp": [], "easgd": []}
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_every_strategy_trains_with_two_stages(tmp_path, name):
+    summary = train(tmp_path / "run", "--strategy", name, "--workers", "2", "--stages", "2", "--steps", "200",
+                    "--set", "eval_every=0", *STRATEGIES[name], timeout=280)
+    assert summary["metrics"]["accuracy"] >= 0.93, summary["metrics"]
+    result = agentsync("evaluate", str(tmp_path / "run"), "--json")  # the whole model, put back together
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["accuracy"] == pytest.approx(summary["metrics"]["accuracy"])
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", ["gossip", "local-sgd"])
+def test_a_stage_averages_only_within_its_own_group(tmp_path, name):
+    """Each stage's replicas exchange that stage's parameters and nothing else: a rank's synchronization
+    bytes are in proportion to its stage's parameter count (digits: 8,320 | 17,802)."""
+    summary = train(tmp_path / "run", "--strategy", name, "--workers", "2", "--stages", "2", "--steps", "20",
+                    "--set", "eval_every=0", "--set", "log_every=1")
+    sent = {r["rank"]: r["bytes_sent"] for r in summary["comm_per_rank"]}
+    assert sent[0] == sent[1] > 0 and sent[2] == sent[3] > 0
+    assert sent[2] / sent[0] == pytest.approx(17802 / 8320, rel=1e-3)
+    memory = summary["memory_by_stage"]
+    assert memory["0"]["param_bytes"] == 8320 * 4 and memory["1"]["param_bytes"] == 17802 * 4
+
+
+@pytest.mark.timeout(300)
+def test_resume_with_two_stages_is_exact(tmp_path):
+    args = ["--workers", "2", "--stages", "2", "--set", "eval_every=5", "--set", "parallel.schedule=1f1b"]
+    whole = train(tmp_path / "whole", *args, "--steps", "20")
+    train(tmp_path / "run", *args, "--steps", "10")
+    result = agentsync("train", "--resume", str(tmp_path / "run"), "--steps", "20")
+    assert result.returncode == 0, result.stderr
+    resumed = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert torch.equal(torch.cat([v.flatten() for v in final_model(tmp_path / "run").values()]),
+                       torch.cat([v.flatten() for v in final_model(tmp_path / "whole").values()]))
+    assert resumed["pipeline_comm"] == whole["pipeline_comm"]
+    assert [{k: r[k] for k in ("rank", "bytes_sent", "messages")} for r in resumed["comm_per_rank"]] == \
+           [{k: r[k] for k in ("rank", "bytes_sent", "messages")} for r in whole["comm_per_rank"]]
+    assert resumed["metrics"] == whole["metrics"]
