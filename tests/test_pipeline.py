@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from agentsync.cli import main
-from agentsync.pipeline import Layout
-from agentsync.pipeline.split import balanced_split, stage_keys, stage_module, to_whole_keys
+from agentsync.parallel import Layout
+from agentsync.parallel.split import balanced_split, stage_keys, stage_module, to_whole_keys
 from agentsync.tasks.charlm import CharLM, CharLMConfig
 from agentsync.tasks.digits import Digits, DigitsConfig
-from conftest import agentsync, train
+from conftest import ENV, ROOT, agentsync, train
 
 STEPS, LR = 20, 0.05
 SGD = ["--set", "optimizer.name=sgd", "--set", f"optimizer.lr={LR}", "--set", "optimizer.momentum=0"]
@@ -172,3 +174,13 @@ def test_resume_with_two_stages_is_exact(tmp_path):
     assert [{k: r[k] for k in ("rank", "bytes_sent", "messages")} for r in resumed["comm_per_rank"]] == \
            [{k: r[k] for k in ("rank", "bytes_sent", "messages")} for r in whole["comm_per_rank"]]
     assert resumed["metrics"] == whole["metrics"]
+
+
+@pytest.mark.timeout(180)
+def test_bring_your_own_pipelined_loop_matches_one_process(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             str(ROOT / "tests/scripts/pipeline_byo.py"), str(tmp_path), str(STEPS), str(LR), "1f1b"],
+                            capture_output=True, text=True, timeout=150, env=ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    parts = {k: v for s in (0, 1) for k, v in torch.load(tmp_path / f"stage-{s}.pt", weights_only=True).items()}
+    assert_close(parts, one_process(1), atol=1e-5)

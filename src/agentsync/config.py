@@ -21,7 +21,7 @@ from agentsync.comm import CommConfig, parse_faults, parse_stragglers
 from agentsync.compress import is_none
 from agentsync.errors import ConfigError
 from agentsync.optim import OptimizerConfig
-from agentsync.pipeline import Layout, ParallelConfig
+from agentsync.parallel import Layout, ParallelConfig
 from agentsync.options import Options, check, choice, coerce
 from agentsync.sync import StrategyConfig, strategy_class
 from agentsync.sync.base import compression_refused

@@ -46,7 +46,7 @@ def run_worker(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
     comm = comm or Comm.from_env(cfg.comm)
     try:
         if cfg.parallel.stages > 1:  # a P × W grid: each rank runs its stage (docs/pipeline.md)
-            from agentsync.pipeline.worker import PipelineWorker
+            from agentsync.parallel.worker import PipelineWorker
             worker = PipelineWorker(cfg, Path(run_dir), comm, resume=resume, progress=progress)
             worker.run()
             return worker.is_reporter

@@ -1,9 +1,9 @@
 """The worker loop for a P × W grid: :class:`~agentsync.runtime.Worker` with its model cut into stages.
 
 Part of the runtime layer (it is the runtime's loop with a few phases replaced). Every rank
-builds the whole model from the seed, keeps its stage's units (:mod:`agentsync.pipeline.split`)
+builds the whole model from the seed, keeps its stage's units (:mod:`agentsync.parallel.split`)
 and runs the chosen strategy over its stage's data-parallel group; the schedule runs over its
-replica's pipeline group (:mod:`agentsync.pipeline.layout` names both). What changes from P = 1:
+replica's pipeline group (:mod:`agentsync.parallel.layout` names both). What changes from P = 1:
 
 * a step is the schedule's forward and backward over M microbatches, then the strategy's step
   (under ``allreduce`` the gradient is averaged once, after the last microbatch, as DDP's
@@ -23,8 +23,9 @@ from torch import nn
 from agentsync.checkpoint import from_bytes, to_bytes
 from agentsync.comm import Comm
 from agentsync.config import RunConfig
-from agentsync.pipeline.split import balanced_split, param_count, stage_keys, stage_module, to_whole_keys
-from agentsync.pipeline.stage import StageDriver
+from agentsync.parallel.split import (balanced_split, param_count, stage_examples, stage_keys, stage_module,
+                                      to_whole_keys)
+from agentsync.parallel.stage import StageDriver, split_world
 from agentsync.runtime import ProgressFactory, Worker, build_strategy_and_task
 from agentsync.sync import strategy_class
 
@@ -36,15 +37,11 @@ class PipelineWorker(Worker):
                  progress: ProgressFactory | None) -> None:
         layout = self.layout = cfg.layout
         self.stage = layout.stage_of(world.rank)
-        # every rank creates every group, in the same order (torch.distributed.new_group's rule)
-        stage_comms = [world.split(layout.stage_ranks(s)) for s in range(layout.stages)]
-        pipes = [world.split(layout.pipeline_ranks(r)) for r in range(layout.workers)]
-        self.reporters = world.split(layout.reporter_ranks())
-        self.pipe = next((p for p in pipes if p is not None), None)
+        stage_comm, self.pipe, self.reporters = split_world(world, layout)
         self.whole_state: dict | None = None  # the assembled final model, on the job's reporter
         self.keys: dict[str, str] = {}
         self.driver: StageDriver | None = None
-        super().__init__(cfg, run_dir, stage_comms[self.stage], resume=resume, progress=progress, world=world)
+        super().__init__(cfg, run_dir, stage_comm, resume=resume, progress=progress, world=world)
 
     # -- parts ---------------------------------------------------------------------------------------
     def _build_parts(self):
@@ -64,12 +61,8 @@ class PipelineWorker(Worker):
         """The stage's schedule, given the shapes one microbatch has on the way through this stage."""
         p = self.cfg.parallel
         inputs, _ = task.pipeline_batch(0)
-        x = inputs[: len(inputs) // p.microbatches]
-        first = balanced_split([param_count(u) for u in units], p.stages)[self.stage]
-        for unit in units[:first]:  # with autograd on: the shapes carry requires_grad, which the stage checks
-            x = unit(x)
-        y = module(x)
-        x, y = (t.detach().requires_grad_(t.requires_grad) for t in (x, y))
+        points = balanced_split([param_count(u) for u in units], p.stages)
+        x, y = stage_examples(units, points, self.stage, inputs[: len(inputs) // p.microbatches])
         return StageDriver(module, self.pipe, p.schedule, p.microbatches, task.pipeline_loss, x, y)
 
     def _is_leader(self) -> bool:

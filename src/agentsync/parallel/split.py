@@ -12,6 +12,7 @@ back together by name: :func:`stage_keys` maps a stage's state-dict keys to the 
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -54,10 +55,25 @@ class StageModule(nn.Sequential):
     """One pipeline stage: a contiguous run of a model's units, applied in order."""
 
 
-def stage_module(units: list[nn.Module], stage: int, stages: int) -> StageModule:
-    """Stage ``stage`` of ``stages`` over ``units``, cut by :func:`balanced_split`."""
-    points = balanced_split([param_count(u) for u in units], stages)
+def stage_module(units: list[nn.Module], stage: int, stages: int, points: list[int] | None = None) -> StageModule:
+    """Stage ``stage`` of ``stages`` over ``units``, cut at ``points`` (default: :func:`balanced_split`)."""
+    points = points or balanced_split([param_count(u) for u in units], stages)
     return StageModule(*units[points[stage]:points[stage + 1]])
+
+
+def stage_examples(units: list[nn.Module], points: list[int], stage: int, microbatch: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One microbatch's input to stage ``stage`` and its output, computed through the units before it.
+
+    Autograd stays on: the stage checks that what it receives requires a gradient where it should.
+    """
+    x = microbatch
+    for unit in units[:points[stage]]:
+        x = unit(x)
+    y = x
+    for unit in units[points[stage]:points[stage + 1]]:
+        y = unit(y)
+    return x.detach().requires_grad_(x.requires_grad), y.detach().requires_grad_(y.requires_grad)
 
 
 def stage_keys(whole: nn.Module, stage: nn.Module) -> dict[str, str]:

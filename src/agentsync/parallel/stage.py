@@ -23,7 +23,17 @@ import torch.distributed.pipelining as pipelining
 from torch import nn
 
 from agentsync.comm import ByteMeter, Comm
-from agentsync.pipeline.layout import SCHEDULES
+from agentsync.parallel.layout import SCHEDULES, Layout
+
+
+def split_world(world: Comm, layout: Layout) -> tuple[Comm, Comm | None, Comm | None]:
+    """This rank's stage group (the strategy's), its replica's pipeline (None on servers) and the
+    stage reporters' group (None elsewhere). Every rank creates every group, in the same order, as
+    ``torch.distributed.new_group`` requires."""
+    stages = [world.split(layout.stage_ranks(s)) for s in range(layout.stages)]
+    pipes = [world.split(layout.pipeline_ranks(r)) for r in range(layout.workers)]
+    reporters = world.split(layout.reporter_ranks())
+    return stages[layout.stage_of(world.rank)], next((p for p in pipes if p is not None), None), reporters
 
 
 def nbytes(t: torch.Tensor) -> int:
@@ -36,7 +46,7 @@ class StageDriver:
     Args:
         module: this stage's part of the model.
         pipe: the replica's pipeline group (rank ``s`` is stage ``s``).
-        schedule: a name in :data:`~agentsync.pipeline.layout.SCHEDULES`.
+        schedule: a name in :data:`~agentsync.parallel.layout.SCHEDULES`.
         microbatches: M, which must divide the batch.
         loss_fn: ``loss_fn(output, target)``, a mean over the microbatch (used on the last stage).
         example_input: one microbatch's input to this stage; ``example_output`` its output.
