@@ -131,8 +131,9 @@ def test_two_stages_two_replicas_allreduce_match_data_parallel(tmp_path):
 
 
 # -- every strategy, per stage ------------------------------------------------------------------------------
-STRATEGIES = {"none": [], "allreduce": [], "gossip": [], "local-sgd": [], "diloco": [], "ensemble": [],
-              "ps-sync": [], "ps-async": [], "ssp": [], "easgd": []}
+LONGER, ASYNC = ["--steps", "400"], ["--steps", "400", "--set", "optimizer.lr=0.1"]
+STRATEGIES = {"none": [], "allreduce": [], "gossip": [], "local-sgd": [], "diloco": LONGER, "ensemble": [],
+              "ps-sync": [], "ps-async": ASYNC, "ssp": ASYNC, "easgd": []}
 
 
 @pytest.mark.timeout(300)

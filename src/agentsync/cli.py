@@ -113,6 +113,7 @@ def add_compare_parser(commands) -> None:
     compare.add_argument("--compress", metavar="none,fp16,...",
                          help="codecs, a dimension of the matrix (strategies that send uncompressed run with none only)")
     compare.add_argument("--workers", metavar="1,2,4", help="worker counts; default 1,2")
+    compare.add_argument("--stages", metavar="1,2", help="pipeline stages P, a dimension of the matrix; default 1")
     compare.add_argument("--seeds", type=int, help="seeds 0..N-1 per cell; default 1")
     compare.add_argument("--steps", type=int, help="steps per run; default: the task's")
     compare.add_argument("--net", metavar="latency=2ms,bandwidth=1Gbit", help="simulated network for every run")
@@ -131,6 +132,8 @@ def add_advise_parser(commands) -> None:
     advise.add_argument("--task", default="digits", help="workload; default digits")
     advise.add_argument("--workers", type=int, default=2, help="worker count W; default 2")
     advise.add_argument("--servers", type=int, default=1, help="parameter servers S; default 1")
+    advise.add_argument("--stages", type=int, default=1,
+                        help="pipeline stages P (with --set parallel.microbatches=M); default 1")
     advise.add_argument("--latency", default="0ms", help="one-way latency per message, e.g. 2ms; default 0")
     advise.add_argument("--bandwidth", default="", help="link bandwidth, e.g. 1Gbit or 100Mbps; default unlimited")
     advise.add_argument("--strategies", metavar="A,B,...", help="default: every strategy but none")
