@@ -185,3 +185,29 @@ def test_bring_your_own_pipelined_loop_matches_one_process(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     parts = {k: v for s in (0, 1) for k, v in torch.load(tmp_path / f"stage-{s}.pt", weights_only=True).items()}
     assert_close(parts, one_process(1), atol=1e-5)
+
+
+# -- compare and advise know P ------------------------------------------------------------------------------
+@pytest.mark.timeout(300)
+def test_compare_runs_each_number_of_stages(tmp_path):
+    result = agentsync("compare", "--out", str(tmp_path / "study"), "--task", "digits", "--strategies", "allreduce",
+                       "--workers", "1", "--stages", "1,2", "--steps", "20", "--set", "eval_every=10", timeout=280)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = (tmp_path / "study" / "results.csv").read_text().splitlines()
+    assert len(rows) == 3 and "allreduce P=2" in rows[2] and "allreduce P=2" not in rows[1]
+    summary = json.loads((tmp_path / "study" / "runs" / "allreduce-P-2-w1-s0" / "summary.json").read_text())
+    assert summary["stages"] == 2
+
+
+def test_advise_models_the_bubble_and_the_activations():
+    from agentsync.netsim import NetSim
+    from agentsync.report.advise import advise
+
+    net = NetSim.parse("latency=1ms")
+    flat, = advise("digits", ["allreduce"], 1, net)
+    for m in (2, 4, 8):
+        piped, = advise("digits", ["allreduce"], 1, net, stages=2, overrides=[f"parallel.microbatches={m}"])
+        assert piped.bubble == pytest.approx(1 / (m + 1))
+        assert piped.pipeline_bytes_per_step == 2 * m * (32 // m) * 128 * 4  # digits' boundary: 128 floats a sample
+        assert piped.pipeline_s == pytest.approx(2 * m * 1e-3)              # 2 (M + P − 2) hops of 1 ms
+        assert piped.compute_s == pytest.approx(flat.compute_s / 2 * (m + 1) / m, rel=0.5)
