@@ -7,7 +7,7 @@ The model: charlm with ``task.layers`` blocks (10 blocks: 520,576 parameters, 4.
 (GPipe, M = 2, 4, 8). Reported per configuration: the largest rank's parameter and optimizer (AdamW)
 bytes, and the training loop's step time (summary.json). The measured bubble of a P = 2 run is
 1 − (T₁ / P) / T_P, where T₁ is the step time of one process holding the whole model on the same
-batch (P = W = 1) and T_P the pipeline's: the share of a stage's step not spent on its half of the
+batch (P = W = 1, run just before) and T_P the pipeline's: the share of a stage's step not spent on its half of the
 work (idle in the bubble, plus the activation messages). GPipe's bubble is (P − 1) / (M + P − 1).
 """
 from __future__ import annotations
@@ -44,18 +44,20 @@ def main() -> None:
     args = parser.parse_args()
     stages, runs = 2, []
     for repeat in range(args.repeats):
-        one = figures(train(args.steps, args.layers, "--workers", "1"))
         dp = figures(train(args.steps, args.layers, "--workers", "2"))
-        pp = {}
-        for m in (2, 4, 8):
+        pp, ones = {}, []
+        for m in (2, 4, 8):  # each pipeline run right after its own one-process baseline: load drifts
+            one = figures(train(args.steps, args.layers, "--workers", "1"))
+            ones.append(one["step_time_s"])
             fig = figures(train(args.steps, args.layers, "--workers", "1", "--stages", str(stages),
                                 "--set", "parallel.schedule=gpipe", "--set", f"parallel.microbatches={m}"))
+            fig["one_process_step_time_s"] = one["step_time_s"]
             fig["bubble_measured"] = 1 - (one["step_time_s"] / stages) / fig["step_time_s"]
             fig["bubble_gpipe"] = (stages - 1) / (m + stages - 1)
             fig["state_bytes_vs_dp"] = fig["state_bytes_per_rank"] / dp["state_bytes_per_rank"]
             fig["step_time_vs_dp"] = fig["step_time_s"] / dp["step_time_s"]
             pp[f"M={m}"] = fig
-        runs.append({"repeat": repeat, "P1_W1": one, "P1_W2_allreduce": dp, "P2_W1_gpipe": pp})
+        runs.append({"repeat": repeat, "P1_W1_step_time_s": ones, "P1_W2_allreduce": dp, "P2_W1_gpipe": pp})
     spread = {}
     for m in ("M=2", "M=4", "M=8"):
         for key in ("bubble_measured", "step_time_vs_dp", "state_bytes_vs_dp"):
