@@ -14,21 +14,15 @@ from agentsync.cli import main
 from agentsync.parallel import Layout
 from agentsync.parallel.split import balanced_split, stage_keys, stage_module, to_whole_keys
 from agentsync.tasks.charlm import CharLM, CharLMConfig
-from agentsync.tasks.digits import Digits, DigitsConfig
 from conftest import ENV, ROOT, agentsync, train
+from test_allreduce import LR, assert_close, single_process_reference
 
-STEPS, LR = 20, 0.05
+STEPS = 20
 SGD = ["--set", "optimizer.name=sgd", "--set", f"optimizer.lr={LR}", "--set", "optimizer.momentum=0"]
 
 
 def final_model(run_dir) -> dict:
     return torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
-
-
-def assert_close(a: dict, b: dict, atol: float) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.allclose(a[key], b[key], atol=atol, rtol=0), (key, (a[key] - b[key]).abs().max())
 
 
 # -- the split and the layout (one process) -----------------------------------------------------------
@@ -64,6 +58,19 @@ def test_layout_stage_groups_and_pipelines():
     assert not servers.is_worker(5) and servers.local_of(4) == 1
 
 
+def test_parallel_section_is_the_same_in_toml_flags_and_set(tmp_path):
+    from agentsync.config import load_config
+    (tmp_path / "run.toml").write_text('[task]\nname = "charlm"\nlayers = 10\n\n'
+                                       '[parallel]\nstages = 2\nschedule = "1f1b"\nmicrobatches = 8\n')
+    from_toml = load_config(tmp_path / "run.toml")
+    from_set = load_config(flags={"task.name": "charlm", "parallel.stages": 2}, overrides=[
+        "task.layers=10", "parallel.schedule=1f1b", "parallel.microbatches=8"])
+    assert from_toml.parallel == from_set.parallel and from_toml.world_size == 4
+    (tmp_path / "again.toml").write_text(from_set.to_toml())  # the resolved config re-runs as is
+    assert load_config(tmp_path / "again.toml").parallel == from_set.parallel
+    assert "[parallel]" not in load_config().to_toml()  # P = 1 configs read as before
+
+
 # -- bad input ------------------------------------------------------------------------------------------
 BAD = {
     "more stages than units": (["--stages", "4"], "parallel.stages must be <= 3"),
@@ -94,19 +101,9 @@ def test_bad_pipeline_input_exits_2_from_the_real_cli(tmp_path):
 
 
 # -- equivalences (real processes) ----------------------------------------------------------------------
-def one_process(workers: int, steps: int = STEPS) -> dict:
+def one_process(workers: int) -> dict:
     """Plain SGD in one process on the concatenation of every replica's batch at each step."""
-    tasks = [Digits(DigitsConfig(), worker_rank=r, num_workers=workers, seed=0) for r in range(workers)]
-    torch.manual_seed(0)
-    model = tasks[0].build_model()
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
-    for step in range(steps):
-        batches = [t.batch(step) for t in tasks]
-        x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-    return model.state_dict()
+    return single_process_reference(workers, steps=STEPS)
 
 
 @pytest.mark.timeout(240)
@@ -142,6 +139,8 @@ def test_every_strategy_trains_with_two_stages(tmp_path, name):
     summary = train(tmp_path / "run", "--strategy", name, "--workers", "2", "--stages", "2", "--steps", "200",
                     "--set", "eval_every=0", *STRATEGIES[name], timeout=280)
     assert summary["metrics"]["accuracy"] >= 0.93, summary["metrics"]
+    servers = name in ("ps-sync", "ps-async", "ssp", "easgd")  # one server per stage, after its 2 workers
+    assert summary["world_size"] == (6 if servers else 4) and summary["stages"] == 2
     result = agentsync("evaluate", str(tmp_path / "run"), "--json")  # the whole model, put back together
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["accuracy"] == pytest.approx(summary["metrics"]["accuracy"])

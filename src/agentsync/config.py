@@ -144,6 +144,9 @@ class RunConfig(Options):
               "(charlm: task.layers + 2)", p.stages)
         check(self.task.batch_size % p.microbatches == 0, "parallel.microbatches",
               f"a divisor of task.batch_size ({self.task.batch_size})", p.microbatches)
+        nan = [r for r, (kind, _) in parse_faults(self.comm.fault).items() if kind == "nan"]
+        check(not nan, "comm.fault", "kill or hang when parallel.stages > 1 (a nan fault poisons a whole-model "
+              "loss, which no stage computes)", self.comm.fault)
 
     def _validate_actors(self) -> None:
         """Actor-learner tasks need actors; any other task refuses every [actors] option (it would do nothing)."""

@@ -69,9 +69,11 @@ def without_injected_failures(cfg: RunConfig) -> RunConfig:
 
 def tolerated_loss(cfg: RunConfig, rank: int) -> bool:
     """Whether the job goes on without ``rank``: an actor (stateless; its learner goes on), or a worker
-    under a strategy that tolerates worker loss. A server's loss never is."""
+    under a strategy that tolerates worker loss. A server's loss never is, nor a pipeline stage's (the
+    other stages of its replica wait on its activations)."""
     from agentsync.sync import strategy_class
-    return rank >= cfg.learner_ranks or (rank < cfg.workers and strategy_class(cfg.strategy.name).tolerates_worker_loss)
+    return rank >= cfg.learner_ranks or (rank < cfg.workers and cfg.parallel.stages == 1
+                                         and strategy_class(cfg.strategy.name).tolerates_worker_loss)
 
 
 def launch(cfg: RunConfig, *, resume: bool = False, progress: ProgressFactory | None = None,

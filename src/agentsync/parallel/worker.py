@@ -75,6 +75,7 @@ class PipelineWorker(Worker):
     # -- a step ----------------------------------------------------------------------------------------
     def _forward_backward(self, step: int) -> tuple[torch.Tensor, int]:
         inputs, target = self.task.pipeline_batch(step)
+        self.comm.inject_fault(step, torch.zeros(()))  # kill and hang (nan is refused for P > 1 by the config)
         self.optimizer.zero_grad(set_to_none=True)
         with self.strategy.no_sync():
             loss = self.driver.step(inputs, target)
