@@ -116,6 +116,7 @@ def test_two_stages_match_one_process(tmp_path, schedule):
     # activations forward and their gradients back: 4 microbatches × 8 samples × 128 floats each way
     assert summary["pipeline_comm"]["bytes_sent"] == STEPS * 2 * 4 * 8 * 128 * 4
     assert summary["comm"]["bytes_sent"] == 0  # one replica per stage: nothing to synchronize
+    assert 0 < summary["bubble"]["measured"] < 1 and summary["bubble"]["schedule"] == pytest.approx(1 / 5)
 
 
 @pytest.mark.timeout(300)

@@ -11,11 +11,13 @@ full batch's, as one process would compute it.
 
 Pipeline traffic (activations forward, their gradients backward) goes over point-to-point
 messages the schedule sends itself; :attr:`StageDriver.stats` counts it apart from the strategy's
-synchronization traffic: per microbatch, a stage receives its input and sends its input's
+synchronization traffic, and :attr:`StageDriver.idle_fraction` measures the bubble (time in the
+schedule not spent in a microbatch's forward or backward): per microbatch, a stage receives its input and sends its input's
 gradient (all but the first), and sends its output and receives its gradient (all but the last).
 """
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import torch
@@ -67,6 +69,9 @@ class StageDriver:
         self.schedule = getattr(pipelining, SCHEDULES[schedule])(self.stage, microbatches, loss_fn=loss_fn,
                                                                  scale_grads=True)
         self.meter = ByteMeter()
+        self.busy_s = self.step_s = 0.0  # this session's: seconds computing microbatches, seconds in step()
+        for name in ("forward_one_chunk", "backward_one_chunk"):  # the compute, apart from waiting on messages
+            setattr(self.stage, name, self._timed(getattr(self.stage, name)))
         inward = 0 if self.is_first else nbytes(example_input)
         outward = 0 if self.is_last else nbytes(example_output)
         self._per_step = (microbatches * (inward + outward), (inward > 0) + (outward > 0))
@@ -79,12 +84,23 @@ class StageDriver:
     def is_last(self) -> bool:
         return self.index == self.stages - 1
 
+    def _timed(self, compute: Callable) -> Callable:
+        def timed(*args, **kwargs):
+            began = time.perf_counter()
+            try:
+                return compute(*args, **kwargs)
+            finally:
+                self.busy_s += time.perf_counter() - began
+        return timed
+
     def step(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
         """Forward and backward of the whole batch; gradients accumulate in the stage's ``p.grad``."""
         losses: list[torch.Tensor] = []
         args = (inputs,) if self.is_first else ()
         kwargs = {"target": target, "losses": losses, "return_outputs": False} if self.is_last else {}
+        began = time.perf_counter()
         self.schedule.step(*args, **kwargs)
+        self.step_s += time.perf_counter() - began
         volume, links = self._per_step
         self.meter.account(volume, volume, 2 * self.microbatches * links)
         return torch.stack(losses).mean().detach() if self.is_last else None
@@ -94,6 +110,12 @@ class StageDriver:
         """Pipeline bytes sent and received and messages, cumulative."""
         s = self.meter.stats
         return {"bytes_sent": s.bytes_sent, "bytes_received": s.bytes_received, "messages": s.messages}
+
+    @property
+    def idle_fraction(self) -> float | None:
+        """The measured bubble: the share of the schedule's time this stage was not computing
+        (waiting for a neighbour's activations or gradients, and the messages themselves)."""
+        return 1.0 - self.busy_s / self.step_s if self.step_s else None
 
     def load_stats(self, saved: dict) -> None:
         self.meter.stats.load({**saved, "comm_time_s": 0.0})

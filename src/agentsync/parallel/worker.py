@@ -125,7 +125,8 @@ class PipelineWorker(Worker):
 
     def _payload(self, member: dict | None) -> dict:
         return {**super()._payload(member), "stage": self.stage,
-                "pipeline": self.driver.stats if self.driver else None}
+                "pipeline": self.driver.stats if self.driver else None,
+                "idle_fraction": self.driver.idle_fraction if self.driver else None}
 
     def _restore(self, checkpoint: dict) -> None:
         super()._restore(checkpoint)
@@ -148,6 +149,11 @@ class PipelineWorker(Worker):
         summary["schedule"] = self.cfg.parallel.schedule
         summary["microbatches"] = self.cfg.parallel.microbatches
         summary["pipeline_comm"] = {k: sum(p[k] for p in pipes) for k in ("bytes_sent", "bytes_received", "messages")}
+        idle = [p["idle_fraction"] for p in payloads if p.get("idle_fraction") is not None]
+        if idle:  # the measured bubble, mean over the stages' ranks; GPipe/1F1B's is (P − 1) / (M + P − 1)
+            p = self.cfg.parallel
+            summary["bubble"] = {"measured": sum(idle) / len(idle),
+                                 "schedule": (p.stages - 1) / (p.microbatches + p.stages - 1)}
         summary["memory_by_stage"] = {
             str(s): {k: max(p["memory"][k] for p in payloads if p["stage"] == s and p["is_worker"])
                      for k in ("param_bytes", "optimizer_bytes")}
