@@ -10,10 +10,14 @@ Bring your own training loop (start it with ``torchrun --nproc-per-node 2 script
         optimizer.zero_grad(); loss_fn(model(x), y).backward()
         sync.step()
     model = sync.finalize()
+
+Pipelined (P stages × W replicas, a strategy per stage): :func:`agentsync.pipeline`, see
+``agentsync.parallel.byo`` and docs/pipeline.md.
 """
 from __future__ import annotations
 
 from agentsync.api import init, make_strategy, shutdown
+from agentsync.parallel.byo import Pipeline, pipeline
 
 __version__ = "0.1.0"
-__all__ = ["init", "make_strategy", "shutdown", "__version__"]
+__all__ = ["Pipeline", "init", "make_strategy", "pipeline", "shutdown", "__version__"]

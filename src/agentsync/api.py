@@ -42,11 +42,16 @@ def make_strategy(name: str, *, workers: int | None = None, servers: int = 1, **
         raise RuntimeError("call agentsync.init() before agentsync.make_strategy()")
     if workers is None:
         workers = _comm.world_size - (servers if _needs_servers(name, servers) else 0)
+    return strategy_for_group(name, _comm, workers=workers, servers=servers, **options)
+
+
+def strategy_for_group(name: str, comm: Comm, *, workers: int, servers: int, **options: Any) -> Strategy:
+    """A strategy over ``comm`` (the whole job, or one pipeline stage's group), options validated."""
     cfg = build_config({"workers": workers, "servers": servers, "strategy": {"name": name, **options}})
-    if cfg.world_size != _comm.world_size:
+    if cfg.world_size != comm.world_size:
         raise ConfigError(f"strategy {name!r} with {workers} workers needs {cfg.world_size} processes, "
-                          f"but the job has {_comm.world_size}")
-    return build_strategy(cfg.strategy, _comm, num_workers=workers)
+                          f"but the group has {comm.world_size}")
+    return build_strategy(cfg.strategy, comm, num_workers=workers)
 
 
 def _needs_servers(name: str, servers: int) -> bool:

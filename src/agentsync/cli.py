@@ -64,6 +64,8 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--servers", type=int, help="parameter-server processes S; default 1")
     parser.add_argument("--steps", type=int, help="optimizer steps per worker; default: the task's")
     parser.add_argument("--seed", type=int, help="seed of initialisation, data order, environments; default 0")
+    parser.add_argument("--stages", type=int, metavar="P",
+                        help="pipeline stages: the model cut into P parts on P processes per replica; default 1")
     parser.add_argument("--actors", type=int, metavar="N",
                         help="actor processes for actor-learner tasks (cartpole-impala); default 2 per worker")
     parser.add_argument("--launcher", help="local (default), torchrun or ray")
@@ -80,7 +82,7 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
 
 def run_flags(args: argparse.Namespace) -> dict:
     return {"task.name": args.task, "strategy.name": args.strategy, "workers": args.workers,
-            "servers": args.servers, "steps": args.steps, "seed": args.seed, "launch.name": args.launcher,
+            "servers": args.servers, "parallel.stages": args.stages, "steps": args.steps, "seed": args.seed, "launch.name": args.launcher,
             "actors.count": getattr(args, "actors", None),
             "launch.max_restarts": args.max_restarts, "comm.straggler": args.straggler, "comm.net": args.net,
             "comm.compression": args.compress}
@@ -113,6 +115,7 @@ def add_compare_parser(commands) -> None:
     compare.add_argument("--compress", metavar="none,fp16,...",
                          help="codecs, a dimension of the matrix (strategies that send uncompressed run with none only)")
     compare.add_argument("--workers", metavar="1,2,4", help="worker counts; default 1,2")
+    compare.add_argument("--stages", metavar="1,2", help="pipeline stages P, a dimension of the matrix; default 1")
     compare.add_argument("--seeds", type=int, help="seeds 0..N-1 per cell; default 1")
     compare.add_argument("--steps", type=int, help="steps per run; default: the task's")
     compare.add_argument("--net", metavar="latency=2ms,bandwidth=1Gbit", help="simulated network for every run")
@@ -131,6 +134,8 @@ def add_advise_parser(commands) -> None:
     advise.add_argument("--task", default="digits", help="workload; default digits")
     advise.add_argument("--workers", type=int, default=2, help="worker count W; default 2")
     advise.add_argument("--servers", type=int, default=1, help="parameter servers S; default 1")
+    advise.add_argument("--stages", type=int, default=1,
+                        help="pipeline stages P (with --set parallel.microbatches=M); default 1")
     advise.add_argument("--latency", default="0ms", help="one-way latency per message, e.g. 2ms; default 0")
     advise.add_argument("--bandwidth", default="", help="link bandwidth, e.g. 1Gbit or 100Mbps; default unlimited")
     advise.add_argument("--strategies", metavar="A,B,...", help="default: every strategy but none")
@@ -182,11 +187,12 @@ def resume_config(run_dir: Path, flags: dict, overrides: list[str], config_file:
     reached = load_checkpoint(run_dir)["step"]  # missing or corrupt: fail now, before anything runs
     saved = load_config(saved_file)
     cfg = load_config(saved_file, flags={**flags, "out": str(run_dir)}, overrides=overrides)
-    for field in ("task", "strategy", "servers", "seed"):
+    for field in ("task", "strategy", "servers", "seed", "parallel"):
         if getattr(saved, field) != getattr(cfg, field):
             raise ConfigError(f"--resume cannot change {field}; start a new run instead")
     if saved.workers != cfg.workers:
-        why = strategy_class(cfg.strategy.name).fixed_workers or task_class(cfg.task.name).fixed_workers
+        why = (strategy_class(cfg.strategy.name).fixed_workers or task_class(cfg.task.name).fixed_workers
+               or ("each pipeline stage's state is laid out over its replicas" if cfg.parallel.stages > 1 else ""))
         if why:
             raise ConfigError(f"--resume cannot change workers under {cfg.strategy.name} on {cfg.task.name}: {why}; "
                               "start a new run instead")
@@ -212,7 +218,8 @@ def print_summary(run_dir: Path) -> None:
     if not (run_dir / SUMMARY).exists():
         return
     s = read_summary(run_dir)
-    table = Table(title=f"{s['task']} · {s['strategy']} · {s['workers']} workers · {s['steps']} steps")
+    stages = f" × {s['stages']} stages" if s.get("stages", 1) > 1 else ""
+    table = Table(title=f"{s['task']} · {s['strategy']} · {s['workers']} workers{stages} · {s['steps']} steps")
     table.add_column("measure")
     table.add_column("value", justify="right")
     for key, value in s["metrics"].items():
@@ -223,6 +230,8 @@ def print_summary(run_dir: Path) -> None:
         table.add_row("step time (training loop)", f"{s['step_time_s'] * 1e3:.3g} ms")
     table.add_row("bytes sent (all ranks)", f"{s['comm']['bytes_sent'] / 1e6:.2f} MB")
     table.add_row("time communicating (all ranks)", f"{s['comm']['comm_time_s']:.2f} s")
+    if s.get("pipeline_comm"):
+        table.add_row("pipeline bytes sent (all ranks)", f"{s['pipeline_comm']['bytes_sent'] / 1e6:.2f} MB")
     if s.get("consensus_distance") is not None:
         table.add_row("consensus distance", f"{s['consensus_distance']:.4g}")
     if s.get("lost_ranks"):

@@ -2,7 +2,7 @@
 
 Precedence, lowest first: defaults, the task's defaults, ``--config FILE.toml``, top-level flags
 (``--workers``...), ``--set section.option=value``. Sections are ``task``, ``strategy``,
-``optimizer``, ``comm``, ``launch`` and ``actors``; each is the config dataclass of the chosen component, so
+``optimizer``, ``comm``, ``launch``, ``actors`` and ``parallel``; each is the config dataclass of the chosen component, so
 ``--set strategy.alpha=0.5`` is checked against the chosen strategy's fields. All validation
 happens in :meth:`RunConfig.validate`, before anything is written.
 """
@@ -21,13 +21,14 @@ from agentsync.comm import CommConfig, parse_faults, parse_stragglers
 from agentsync.compress import is_none
 from agentsync.errors import ConfigError
 from agentsync.optim import OptimizerConfig
+from agentsync.parallel import Layout, ParallelConfig
 from agentsync.options import Options, check, choice, coerce
 from agentsync.sync import StrategyConfig, strategy_class
 from agentsync.sync.base import compression_refused
 from agentsync.tasks import TASKS, TaskConfig, task_class
 
 LAUNCHERS = ("local", "torchrun", "ray")
-SECTIONS = ("task", "strategy", "optimizer", "comm", "launch", "actors")
+SECTIONS = ("task", "strategy", "optimizer", "comm", "launch", "actors", "parallel")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -72,11 +73,18 @@ class RunConfig(Options):
     comm: CommConfig = dataclasses.field(default_factory=CommConfig)
     launch: LaunchConfig = dataclasses.field(default_factory=LaunchConfig)
     actors: ActorsConfig = dataclasses.field(default_factory=ActorsConfig)
+    parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
 
     @property
     def learner_ranks(self) -> int:
-        """The strategy's processes: the workers, plus servers for parameter-server strategies."""
-        return strategy_class(self.strategy.name).world_size(self.workers, self.servers)
+        """The strategy's processes: the workers, plus servers for parameter-server strategies, in every stage."""
+        return self.layout.world_size
+
+    @property
+    def layout(self) -> Layout:
+        """The P × W grid (plus each stage's servers): which rank is which stage and replica."""
+        per_stage = strategy_class(self.strategy.name).world_size(self.workers, self.servers)
+        return Layout(self.parallel.stages, self.workers, per_stage - self.workers)
 
     @property
     def world_size(self) -> int:
@@ -119,6 +127,26 @@ class RunConfig(Options):
             self.strategy.validate_run(self)
         self._validate_actors()
         self._validate_ranks()
+        self._validate_parallel()
+
+    def _validate_parallel(self) -> None:
+        """A pipeline needs a task that splits into at least P units and microbatches that divide the batch."""
+        p = self.parallel
+        if p.stages == 1:
+            return
+        task = task_class(self.task.name)
+        units = task.pipeline_unit_count(self.task)
+        if not units:
+            able = ", ".join(name for name in TASKS if task_class(name).pipeline_unit_count(task_class(name).Config()))
+            raise ConfigError(f"parallel.stages={p.stages}: task {self.task.name} does not split into pipeline "
+                              f"stages; tasks that do: {able}")
+        check(p.stages <= units, "parallel.stages", f"<= {units}, the units {self.task.name}'s model splits into "
+              "(charlm: task.layers + 2)", p.stages)
+        check(self.task.batch_size % p.microbatches == 0, "parallel.microbatches",
+              f"a divisor of task.batch_size ({self.task.batch_size})", p.microbatches)
+        nan = [r for r, (kind, _) in parse_faults(self.comm.fault).items() if kind == "nan"]
+        check(not nan, "comm.fault", "kill or hang when parallel.stages > 1 (a nan fault poisons a whole-model "
+              "loss, which no stage computes)", self.comm.fault)
 
     def _validate_actors(self) -> None:
         """Actor-learner tasks need actors; any other task refuses every [actors] option (it would do nothing)."""
@@ -249,11 +277,13 @@ def as_dict(cfg: RunConfig) -> dict[str, Any]:
     def clean(obj):
         return {k: v for k, v in dataclasses.asdict(obj).items() if v is not None}
     top = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in SECTIONS}
-    sections = [s for s in SECTIONS if s != "actors" or cfg.actors.count]  # [actors] only where there are actors
+    sections = [s for s in SECTIONS if (s != "actors" or cfg.actors.count)  # [actors] only where there are actors
+                and (s != "parallel" or cfg.parallel.stages > 1)]      # [parallel] only for a pipeline
     return {**{k: v for k, v in top.items() if v is not None}, **{s: clean(getattr(cfg, s)) for s in sections}}
 
 
-SECTION_CLASSES = {"optimizer": OptimizerConfig, "comm": CommConfig, "launch": LaunchConfig, "actors": ActorsConfig}
+SECTION_CLASSES = {"optimizer": OptimizerConfig, "comm": CommConfig, "launch": LaunchConfig, "actors": ActorsConfig,
+                   "parallel": ParallelConfig}
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

@@ -47,6 +47,11 @@ def run_worker(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
     """
     comm = comm or Comm.from_env(cfg.comm)
     try:
+        if cfg.parallel.stages > 1:  # a P × W grid: each rank runs its stage (docs/pipeline.md)
+            from agentsync.parallel.worker import PipelineWorker
+            worker = PipelineWorker(cfg, Path(run_dir), comm, resume=resume, progress=progress)
+            worker.run()
+            return worker.is_reporter
         learners = comm.split(list(range(cfg.learner_ranks))) if cfg.actors.count else comm
         if learners is None:
             run_actor(cfg, comm)
@@ -55,20 +60,26 @@ def run_worker(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
             learners.allow_regrouping()
         worker = Worker(cfg, Path(run_dir), learners, resume=resume, progress=progress, world=comm)
         worker.run()
-        return worker.strategy.is_reporter
+        return worker.is_reporter
     finally:
         comm.close()
 
 
 def build_parts(cfg: RunConfig, comm: Comm) -> tuple[Strategy, Task, torch.nn.Module, torch.optim.Optimizer]:
     """Strategy, task, model and optimizer, identically initialised on every rank from ``cfg.seed``."""
-    strategy = build_strategy(cfg.strategy, comm, num_workers=cfg.workers)
-    task = build_task(cfg.task, worker_rank=max(strategy.worker_rank, 0), num_workers=cfg.workers,
-                      seed=cfg.seed, device=comm.device)
+    strategy, task = build_strategy_and_task(cfg, comm)
     torch.manual_seed(cfg.seed)
     model = task.build_model().to(comm.device)
     optimizer = cfg.optimizer.build(model.parameters())
     return strategy, task, model, optimizer
+
+
+def build_strategy_and_task(cfg: RunConfig, comm: Comm) -> tuple[Strategy, Task]:
+    """The strategy over ``comm`` and the task of the worker it makes this rank (worker 0's data on a server)."""
+    strategy = build_strategy(cfg.strategy, comm, num_workers=cfg.workers)
+    task = build_task(cfg.task, worker_rank=max(strategy.worker_rank, 0), num_workers=cfg.workers,
+                      seed=cfg.seed, device=comm.device)
+    return strategy, task
 
 
 class Worker:
@@ -77,8 +88,9 @@ class Worker:
     def __init__(self, cfg: RunConfig, run_dir: Path, comm: Comm, *, resume: bool,
                  progress: ProgressFactory | None, world: Comm | None = None) -> None:
         self.cfg, self.run_dir, self.comm = cfg, run_dir, comm
+        self.rank = (world or comm).rank  # in the whole job: names this rank in logs and checkpoints
         self.t0 = time.time()
-        self.strategy, self.task, self.model, self.optimizer = build_parts(cfg, comm)
+        self.strategy, self.task, self.model, self.optimizer = self._build_parts()
         self.feed = self._feed(world or comm)
         self.elapsed_before, self.samples = 0.0, 0
         self.checkpointed = 0
@@ -86,14 +98,25 @@ class Worker:
         self.timing = {"step_time_s": None, "train_samples_per_s": None}  # this session's training loop only
         if resume:
             self._restore(load_checkpoint(run_dir))
-        self.log = MetricsLog(run_dir, comm.rank, self.t0 - self.elapsed_before)
+        self.log = MetricsLog(run_dir, self.rank, self.t0 - self.elapsed_before)
         self.progress = progress(cfg.steps, self.strategy.steps) if progress and self.leader else None
         self.strategy.max_steps = cfg.steps
 
+    def _build_parts(self) -> tuple[Strategy, Task, torch.nn.Module, torch.optim.Optimizer]:
+        return build_parts(self.cfg, self.comm)
+
     @property
     def leader(self) -> bool:
-        """Evaluates during training and shows progress: worker 0 (after a regroup, the first survivor)."""
+        """Evaluates during training and shows progress (after a regroup, the first survivor)."""
+        return self._is_leader()
+
+    def _is_leader(self) -> bool:
         return self.strategy.worker_rank == 0
+
+    @property
+    def is_reporter(self) -> bool:
+        """True on the rank that writes checkpoint.pt and summary.json."""
+        return self.strategy.is_reporter
 
     @property
     def regrouping(self) -> bool:
@@ -122,7 +145,7 @@ class Worker:
                 self._train()
                 if self.feed:
                     self.feed.close()
-            member = self.task.evaluate(self.model) if self.strategy.is_worker and self.strategy.replicas_differ else None
+            member = self._member_metrics()
             while True:
                 try:
                     self._rejoin()
@@ -132,6 +155,10 @@ class Worker:
                     continue
         finally:
             self.log.close()
+
+    def _member_metrics(self) -> dict | None:
+        """This replica's own metrics, where replicas differ (the spread of the members in the summary)."""
+        return self.task.evaluate(self.model) if self.strategy.is_worker and self.strategy.replicas_differ else None
 
     def _feed(self, world: Comm) -> Feed | None:
         """A worker's end of its actors (actor-learner jobs), attached to the task it feeds."""
@@ -151,10 +178,7 @@ class Worker:
         self.loop_start, samples_before, paused = time.time(), self.samples, 0.0
         while self._rejoin() < cfg.steps:  # the strategy counts steps (survivors of a loss agree on one)
             step = strategy.steps
-            loss, samples = self.task.loss(self.model, step)
-            loss = self.comm.inject_fault(step, loss)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, samples = self._forward_backward(step)
             strategy.step()
             self.samples += samples
             done = step + 1
@@ -183,6 +207,18 @@ class Worker:
                 continue
         return self.strategy.steps
 
+    def _forward_backward(self, step: int) -> tuple[torch.Tensor, int]:
+        """This step's loss and its gradient in ``p.grad``; the samples it used."""
+        loss, samples = self.task.loss(self.model, step)
+        loss = self.comm.inject_fault(step, loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss, samples
+
+    def _eval_model(self) -> torch.nn.Module | None:
+        """The model the leader evaluates (None on other ranks); every worker calls it at evaluation points."""
+        return self.model if self.leader else None
+
     def _evaluate(self, step: int) -> float:
         """The leader evaluates; returns the seconds this rank spent here, which its training clock leaves out.
 
@@ -192,8 +228,9 @@ class Worker:
         """
         began = time.time()
         extra = self._survivable(self.strategy.measure, {})
+        model = self._eval_model()
         if self.leader:
-            metrics = self.task.evaluate(self.model)
+            metrics = self.task.evaluate(model)
             self.log.log("eval", step, **metrics, **extra, **self.comm.stats.as_dict())
             if self.progress:
                 self.progress.update(step, **{self.task.metric: metrics[self.task.metric]})
@@ -208,7 +245,7 @@ class Worker:
         payloads = self._checkpoint(cfg.steps, final, member=member)
         if payloads is None:
             return
-        metrics = self.task.evaluate(final)
+        metrics = self.task.evaluate(self._final_model(final))
         if self.progress:
             self.progress.update(cfg.steps, **{self.task.metric: metrics[self.task.metric]})
             self.progress.close()
@@ -230,24 +267,31 @@ class Worker:
     def _checkpoint(self, step: int, model: torch.nn.Module, member: dict | None = None,
                     midrun: bool = False) -> list[dict] | None:
         """Collect every rank's state and statistics at the reporter, which writes checkpoint.pt."""
-        payload = {"rank": self.comm.rank_in_world, "is_worker": self.strategy.is_worker, "state": self._rank_state(),
-                   "stats": self.strategy.stats, "samples": self.samples, "member": member,
-                   "actors": self.feed.report() if self.feed else None, "peak_rss_mb": peak_rss_mb(), **self.timing}
-        gathered = (self.strategy.snapshot if midrun else self.strategy.collect)(to_bytes(payload))
+        gathered = (self.strategy.snapshot if midrun else self.strategy.collect)(to_bytes(self._payload(member)))
         self.checkpointed = step
         if gathered is None:
             return None
+        return self._save(step, model.state_dict(), gathered)
+
+    def _payload(self, member: dict | None) -> dict:
+        """What this rank contributes to a checkpoint and the summary."""
+        return {"rank": self.rank, "is_worker": self.strategy.is_worker, "state": self._rank_state(),
+                "stats": self.strategy.stats, "samples": self.samples, "member": member,
+                "memory": state_bytes(self.model, self.optimizer), "peak_rss_mb": peak_rss_mb(),
+                "actors": self.feed.report() if self.feed else None, **self.timing}
+
+    def _save(self, step: int, model_state: dict, gathered: list[bytes]) -> list[dict]:
         save_checkpoint(self.run_dir, step=step, elapsed_s=self._elapsed(), workers=self.cfg.workers,
-                        model=model.state_dict(), ranks=gathered)
+                        model=model_state, ranks=gathered)
         return [from_bytes(p) for p in gathered]
 
     def _restore(self, checkpoint: dict) -> None:
         ranks = {p["rank"]: p for p in map(from_bytes, checkpoint["ranks"])}
         saved_workers = int(checkpoint.get("workers", self.cfg.workers))
-        source = source_rank(self.comm.rank, workers=self.cfg.workers, saved_workers=saved_workers,
+        source = source_rank(self.rank, workers=self.cfg.workers, saved_workers=saved_workers,
                              saved_ranks=sorted(ranks))
         if source is None:
-            raise ConfigError(f"the checkpoint has no state for rank {self.comm.rank} (lost during the run); "
+            raise ConfigError(f"the checkpoint has no state for rank {self.rank} (lost during the run); "
                               "it cannot be resumed exactly")
         mine = ranks[source]
         state = mine["state"]
@@ -286,6 +330,13 @@ class Worker:
         return {**saved, "state": {**saved["state"], "strategy": strategy}, "stats": stats,
                 "samples": int(share(w["samples"] for w in workers))}
 
+    def _final_model(self, final: torch.nn.Module) -> torch.nn.Module:
+        """The model the summary's metrics are of (on the reporter, after the final checkpoint)."""
+        return final
+
+    def _report_models(self) -> dict[str, torch.nn.Module]:
+        return self.strategy.report_models()
+
     def _elapsed(self) -> float:
         return self.elapsed_before + time.time() - self.t0
 
@@ -317,8 +368,11 @@ class Worker:
             mean = sum(values) / len(values)
             summary["members"] = {"metrics": members, "mean": mean,
                                   "std": math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))}
+        workers = [p for p in payloads if p["is_worker"]]
+        if workers:  # the largest worker: parameters and optimizer state one process must hold
+            summary["memory_per_rank"] = {k: max(p["memory"][k] for p in workers) for k in workers[0]["memory"]}
         summary.update(self.strategy.summary())
-        extra = {name: self.task.evaluate(model) for name, model in self.strategy.report_models().items()}
+        extra = {name: self.task.evaluate(model) for name, model in self._report_models().items()}
         if extra:
             summary["models"] = extra
         feeds = [p["actors"] for p in payloads if p.get("actors")]
@@ -327,7 +381,7 @@ class Worker:
         if self.comm.membership and self.comm.membership.lost:
             summary["lost_ranks"] = self.comm.membership.lost
         peaks = {str(p["rank"]): p["peak_rss_mb"] for p in payloads}
-        peaks[str(self.comm.rank_in_world)] = peak_rss_mb()  # the reporter's, after gathering and saving
+        peaks[str(self.rank)] = peak_rss_mb()  # the reporter's, after gathering and saving
         summary["peak_rss_mb_by_rank"] = peaks
         summary["restarts"] = restarts()
         summary["ok"] = True
@@ -337,6 +391,15 @@ class Worker:
 def peak_rss_mb() -> float:
     """This process's peak resident memory so far, in MiB (Linux reports ru_maxrss in KiB)."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Bytes of the parameters and of the optimizer state this rank holds (what a pipeline stage divides)."""
+    def size(t: torch.Tensor) -> int:
+        return t.numel() * t.element_size()
+    params = sum(size(p) for p in model.parameters())
+    state = sum(size(v) for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v))
+    return {"param_bytes": params, "optimizer_bytes": state}
 
 
 def restarts() -> int:

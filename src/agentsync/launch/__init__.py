@@ -73,11 +73,13 @@ def without_injected_failures(cfg: RunConfig) -> RunConfig:
 def tolerated_loss(cfg: RunConfig, rank: int) -> bool:
     """Whether the job goes on without ``rank``: an actor (stateless; its learner goes on), or a worker
     under a strategy that tolerates worker loss, or whose survivors regroup (under the local launcher,
-    which announces the loss to them; not in actor-learner jobs). A server's loss never is."""
+    which announces the loss to them; not in actor-learner jobs). A server's loss never is, nor a
+    pipeline stage's (the other stages of its replica wait on its activations)."""
     from agentsync.sync import strategy_class
     strategy = strategy_class(cfg.strategy.name)
     regroups = strategy.regroups and cfg.launch.name == "local" and not cfg.actors.count
-    return rank >= cfg.learner_ranks or (rank < cfg.workers and (strategy.tolerates_worker_loss or regroups))
+    return rank >= cfg.learner_ranks or (rank < cfg.workers and cfg.parallel.stages == 1
+                                         and (strategy.tolerates_worker_loss or regroups))
 
 
 def launch(cfg: RunConfig, *, resume: bool = False, progress: ProgressFactory | None = None,

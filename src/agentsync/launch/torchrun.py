@@ -27,8 +27,10 @@ def launch_torchrun(cfg: RunConfig, *, resume: bool, progress: ProgressFactory |
                           "torchrun, or use --launcher local")
     world = int(os.environ["WORLD_SIZE"])
     if world != cfg.world_size:
+        layout = cfg.layout
         parts = [f"workers={cfg.workers}"] + [f"{name}={n}" for name, n in
-                                              (("servers", cfg.learner_ranks - cfg.workers), ("actors", cfg.actors.count)) if n]
+                                              (("servers", layout.servers_per_stage), ("actors", cfg.actors.count)) if n]
+        parts = parts if layout.stages == 1 else [f"stages={layout.stages} × ({' + '.join(parts)})"]
         raise ConfigError(f"torchrun started {world} processes but the job needs {cfg.world_size} "
                           f"({' + '.join(parts)}); set --nproc-per-node/--nnodes or --workers to match")
     restarted = restarts() > 0 and not resume  # torchrun --max-restarts started this attempt again

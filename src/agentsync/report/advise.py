@@ -2,6 +2,16 @@
 
     step time = compute × max(1, W / cores) + the strategy's communication (``report/costs.py``)
 
+With P pipeline stages (``--stages P``, M = ``parallel.microbatches``) each rank computes 1/P of
+the model, the schedule leaves it idle for the bubble, and activations cross the stage boundaries:
+
+    step time = compute / P × (M + P − 1) / M × max(1, P·W / cores)
+                + 2 (M + P − 2) message(one microbatch's activations)   (the critical path's hops)
+                + the strategy's communication of the largest stage's parameters
+
+The bubble (P − 1) / (M + P − 1) is the same for GPipe and 1F1B (1F1B holds fewer activations,
+not fewer idle slots).
+
 Compute is measured here, on this machine: a few optimizer steps of worker 0's model and batch in
 this process (one torch thread, as a worker has). With ``calibrate`` the base is instead measured
 by short real runs of each strategy on loopback (processes, gloo, contention and all), and only the
@@ -43,11 +53,44 @@ class Prediction:
     bytes_per_step: float
     note: str
     warning: str = ""
+    stages: int = 1
+    bubble: float = 0.0
+    """Fraction of a stage's step idle in the pipeline's bubble, (P − 1) / (M + P − 1)."""
+    pipeline_s: float = 0.0
+    """Seconds per step the activations and their gradients take on the critical path."""
+    pipeline_bytes_per_step: float = 0.0
+    """Activation and activation-gradient bytes a middle stage sends per step."""
 
 
 def model_bytes(cfg: RunConfig) -> int:
     task = build_task(cfg.task, worker_rank=0, num_workers=cfg.workers, seed=cfg.seed)
     return sum(p.numel() * p.element_size() for p in task.build_model().parameters())
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineShape:
+    """What the cost model needs of a split model."""
+
+    stage_bytes: int
+    """Parameter bytes of the largest stage (what its strategy synchronizes)."""
+    boundary_bytes: int
+    """Bytes of one microbatch's activations at the widest stage boundary."""
+
+
+def pipeline_shape(cfg: RunConfig) -> PipelineShape:
+    """The largest stage and widest boundary of ``cfg``'s task cut into ``parallel.stages`` stages."""
+    from agentsync.parallel.split import balanced_split, param_count, stage_examples
+
+    p = cfg.parallel
+    task = build_task(cfg.task, worker_rank=0, num_workers=cfg.workers, seed=cfg.seed)
+    units = task.pipeline_units(task.build_model())
+    sizes = [param_count(u) * 4 for u in units]
+    points = balanced_split(sizes, p.stages)
+    inputs, _ = task.pipeline_batch(0)
+    microbatch = inputs[: len(inputs) // p.microbatches]
+    boundaries = [stage_examples(units, points, s, microbatch)[1] for s in range(p.stages - 1)]
+    return PipelineShape(max(sum(sizes[a:b]) for a, b in zip(points, points[1:])),
+                         max(t.numel() * t.element_size() for t in boundaries))
 
 
 def measure_compute(cfg: RunConfig, steps: int = 20, warmup: int = 5) -> float:
@@ -71,26 +114,41 @@ def measure_compute(cfg: RunConfig, steps: int = 20, warmup: int = 5) -> float:
         torch.set_num_threads(threads)
 
 
-def predict(cfg: RunConfig, net: NetSim, compute_s: float, nbytes: int, cores: int | None = None) -> Prediction:
-    """One strategy's prediction; ``compute_s`` is one worker's step alone on a core, ``nbytes`` the model's size."""
+def predict(cfg: RunConfig, net: NetSim, compute_s: float, nbytes: int, cores: int | None = None,
+            shape: PipelineShape | None = None) -> Prediction:
+    """One strategy's prediction; ``compute_s`` is one worker's step alone on a core, ``nbytes`` the
+    model's size, ``shape`` the split model where ``parallel.stages`` > 1."""
     cores = cores or os.cpu_count() or 1
-    cost = step_cost(cfg.strategy, net, nbytes, cfg.workers, cfg.servers)
-    compute = compute_s * max(1.0, cfg.workers / cores)
-    return Prediction(cfg.strategy.name, compute + cost.seconds, compute, cost.seconds, cost.bytes_sent, cost.note,
-                      CONVERGENCE_WARNINGS.get(cfg.strategy.name, "") if cfg.workers > 1 else "")
+    warning = CONVERGENCE_WARNINGS.get(cfg.strategy.name, "") if cfg.workers > 1 else ""
+    if shape is None or cfg.parallel.stages == 1:
+        cost = step_cost(cfg.strategy, net, nbytes, cfg.workers, cfg.servers)
+        compute = compute_s * max(1.0, cfg.workers / cores)
+        return Prediction(cfg.strategy.name, compute + cost.seconds, compute, cost.seconds, cost.bytes_sent,
+                          cost.note, warning)
+    stages, m = cfg.parallel.stages, cfg.parallel.microbatches
+    bubble = (stages - 1) / (m + stages - 1)
+    compute = compute_s / stages / (1 - bubble) * max(1.0, stages * cfg.workers / cores)
+    hops = 2 * (m + stages - 2) * net.message(shape.boundary_bytes)
+    cost = step_cost(cfg.strategy, net, shape.stage_bytes, cfg.workers, cfg.servers)
+    note = f"{cost.note}; P={stages}, M={m}: bubble {bubble:.0%}"
+    return Prediction(cfg.strategy.name, compute + hops + cost.seconds, compute, cost.seconds + hops,
+                      cost.bytes_sent + 2 * m * shape.boundary_bytes, note, warning, stages, bubble, hops,
+                      2 * m * shape.boundary_bytes)
 
 
 def advise(task: str, strategies: list[str], workers: int, net: NetSim, *, servers: int = 1,
-           overrides: list[str] = (), base_step_s: dict[str, float] | None = None) -> list[Prediction]:
+           overrides: list[str] = (), base_step_s: dict[str, float] | None = None,
+           stages: int = 1) -> list[Prediction]:
     """Predictions for ``strategies``, fastest first. ``base_step_s`` (from a calibration) replaces
     the compute model by a measured loopback step time per strategy."""
-    predictions, compute, nbytes = [], None, None
+    predictions, compute, nbytes, shape = [], None, None, None
     for name in strategies:
         cfg = load_config(None, flags={"task.name": task, "strategy.name": name, "workers": workers,
-                                       "servers": servers}, overrides=list(overrides))
+                                       "servers": servers, "parallel.stages": stages}, overrides=list(overrides))
         if compute is None:
             compute, nbytes = measure_compute(cfg), model_bytes(cfg)
-        p = predict(cfg, net, compute, nbytes)
+            shape = pipeline_shape(cfg) if stages > 1 else None
+        p = predict(cfg, net, compute, nbytes, shape=shape)
         if base_step_s and name in base_step_s:
             p = dataclasses.replace(p, compute_s=base_step_s[name], step_time_s=base_step_s[name] + p.comm_s)
         predictions.append(p)
@@ -116,9 +174,10 @@ def advise_from_args(args) -> tuple[NetSim, list[Prediction]]:
     spec = ",".join(f"{k}={v}" for k, v in (("latency", args.latency), ("bandwidth", args.bandwidth)) if v)
     net = NetSim.parse(spec) or NetSim()
     names = [s.strip() for s in args.strategies.split(",")] if args.strategies else [s for s in STRATEGIES if s != "none"]
-    base = calibrate(args.task, names, args.workers, args.servers, args.overrides) if args.calibrate else None
+    overrides = [*args.overrides, f"parallel.stages={args.stages}"]
+    base = calibrate(args.task, names, args.workers, args.servers, overrides) if args.calibrate else None
     return net, advise(args.task, names, args.workers, net, servers=args.servers, overrides=args.overrides,
-                       base_step_s=base)
+                       base_step_s=base, stages=args.stages)
 
 
 def print_advice(net: NetSim, args, predictions: list[Prediction]) -> None:
@@ -126,7 +185,8 @@ def print_advice(net: NetSim, args, predictions: list[Prediction]) -> None:
     from rich.table import Table
 
     bandwidth = "unlimited" if net.bandwidth_Bps == float("inf") else f"{net.bandwidth_Bps * 8 / 1e9:.3g} Gbit/s"
-    table = Table(title=f"{args.task} · W = {args.workers} · latency {net.latency_s * 1e3:.3g} ms · {bandwidth}",
+    stages = f" × P = {args.stages}" if args.stages > 1 else ""
+    table = Table(title=f"{args.task} · W = {args.workers}{stages} · latency {net.latency_s * 1e3:.3g} ms · {bandwidth}",
                   caption=("base step time measured by short loopback runs" if args.calibrate else
                            f"compute per step, measured here (with W/cores contention): {predictions[0].compute_s * 1e3:.3g} ms") if predictions else None)
     for column in ("#", "strategy", "step time", "network", "bytes / step", "why"):

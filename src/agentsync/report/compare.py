@@ -58,7 +58,7 @@ def write_report(study: Study, out: Path, *, target: float | None = None) -> lis
     return [out / "results.csv", out / "report.md", out / "report.html", *(f.path for f in figures if f.drawn)]
 
 
-FIELDS = ("task", "strategies", "compress", "workers", "seeds", "steps", "net", "straggler", "set", "target", "out")
+FIELDS = ("task", "strategies", "compress", "workers", "stages", "seeds", "steps", "net", "straggler", "set", "target", "out")
 
 
 def study_from_args(args) -> tuple[Study, Path, float | None]:
@@ -66,6 +66,7 @@ def study_from_args(args) -> tuple[Study, Path, float | None]:
     folder and target; checked cell by cell before anything runs, and a folder never mixes two studies."""
     spec = read_compare_table(args.config) if args.config else {}
     given = {"task": args.task, "strategies": args.strategies, "compress": args.compress, "workers": args.workers,
+             "stages": args.stages,
              "seeds": args.seeds,
              "steps": args.steps, "net": args.net, "straggler": args.straggler, "target": args.target,
              "out": args.out}
@@ -76,7 +77,8 @@ def study_from_args(args) -> tuple[Study, Path, float | None]:
                   workers=tuple(positive_ints(spec.get("workers", "1,2"), "workers")),
                   seeds=positive_ints(spec.get("seeds", 1), "seeds")[0],
                   steps=spec.get("steps"), net=spec.get("net", ""), straggler=spec.get("straggler", ""),
-                  overrides=tuple(spec["set"]), compressions=tuple(as_list(spec.get("compress", "none"))))
+                  overrides=tuple(spec["set"]), compressions=tuple(as_list(spec.get("compress", "none"))),
+                  stages=tuple(positive_ints(spec.get("stages", 1), "stages")))
     for codec in study.compressions:
         parse_codec(codec, "--compress")
     if not study.variants():

@@ -32,6 +32,8 @@ class StrategySpec:
     options: tuple[tuple[str, str], ...] = ()
     compression: str = "none"
     """The codec its runs send through (``comm.compression``); compare's ``--compress`` sets it."""
+    stages: int = 1
+    """Pipeline stages P of its runs (``parallel.stages``); compare's ``--stages`` sets it."""
 
     @classmethod
     def parse(cls, spec: str) -> "StrategySpec":
@@ -47,7 +49,8 @@ class StrategySpec:
     @property
     def label(self) -> str:
         codec = "" if is_none(self.compression) else f" +{self.compression}"
-        return self.name + "".join(f" {k}={v}" for k, v in self.options) + codec
+        stages = f" P={self.stages}" if self.stages > 1 else ""
+        return self.name + "".join(f" {k}={v}" for k, v in self.options) + codec + stages
 
     @property
     def overrides(self) -> list[str]:
@@ -81,11 +84,13 @@ class Study:
     overrides: tuple[str, ...] = ()
     compressions: tuple[str, ...] = ("none",)
     """Codecs, a dimension of the matrix: each strategy that sends through a codec runs with each."""
+    stages: tuple[int, ...] = (1,)
+    """Pipeline stages, a dimension of the matrix: every strategy runs with each P (its label says P)."""
 
     def variants(self) -> list[StrategySpec]:
-        """Each strategy with each codec it supports (``none`` always)."""
-        return [dataclasses.replace(s, compression=c) for s in self.strategies for c in self.compressions
-                if is_none(c) or strategy_class(s.name).supports_compression]
+        """Each strategy with each codec it supports (``none`` always), at each number of stages."""
+        return [dataclasses.replace(s, compression=c, stages=p) for s in self.strategies for c in self.compressions
+                if is_none(c) or strategy_class(s.name).supports_compression for p in self.stages]
 
     def left_out(self) -> list[str]:
         """``gossip +fp16``: the strategy–codec pairs not run, because the strategy sends uncompressed."""
@@ -104,7 +109,7 @@ class Study:
         flags = {"task.name": self.task, "strategy.name": cell.strategy.name, "workers": cell.workers,
                  "seed": cell.seed, "steps": self.steps, "comm.net": self.net or None,
                  "comm.straggler": ranks_below(self.straggler, cell.workers) or None,
-                 "comm.compression": cell.strategy.compression}
+                 "comm.compression": cell.strategy.compression, "parallel.stages": cell.strategy.stages}
         overrides = [ranks_below_override(item, cell.workers) for item in self.overrides]
         return load_config(None, flags=flags, overrides=[*overrides, *cell.strategy.overrides])
 

@@ -31,7 +31,7 @@ class Result:
         (``local-sgd period=4``) on every row, ok or failed; the bare name is ``strategy_name``."""
         return {**flatten(self.summary), "cell": self.cell.name, "strategy": self.cell.strategy.label,
                 "strategy_name": self.cell.strategy.name, "compression": self.cell.strategy.compression,
-                "workers": self.cell.workers, "seed": self.cell.seed,
+                "workers": self.cell.workers, "stages": self.cell.strategy.stages, "seed": self.cell.seed,
                 "status": self.status, "error": self.error}
 
 

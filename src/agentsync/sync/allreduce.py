@@ -17,7 +17,9 @@ holds the (decoded) average when backward returns.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -114,10 +116,19 @@ class AllReduce(Strategy):
         self._next = 0
         self._in_backward = False  # a callback is queued for the end of the running backward
         self._reduced = False      # gradients averaged since the last step
+        self._deferred = False     # gradients accumulated under no_sync, to average at the step
         self._has_buffers = any(True for _ in self.model.buffers())
         self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad_ready) for p in self.params]
 
+    @contextlib.contextmanager
+    def no_sync(self) -> Iterator[None]:
+        """Accumulate gradients over several backward passes; :meth:`step` averages the sum once."""
+        self._deferred = True
+        yield
+
     def _on_grad_ready(self, param: nn.Parameter) -> None:
+        if self._deferred:
+            return
         if not self._in_backward:
             self._in_backward = True
             torch.autograd.Variable._execution_engine.queue_callback(self._reduce_all)
@@ -148,6 +159,12 @@ class AllReduce(Strategy):
         self._next, self._in_backward, self._reduced = 0, False, True
 
     def _step(self) -> None:
+        if self._deferred:  # accumulated under no_sync: every gradient is complete now
+            self._deferred = False
+            for bucket in self.buckets:
+                for i, param in enumerate(bucket.params):
+                    if param.grad is not None:
+                        bucket.mark_ready(i, self.num_workers)
         if not self._reduced:  # no backward since the last step: average the (zero) gradients all the same
             self._reduce_all()
         self._reduced = False

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 from typing import ClassVar
 
@@ -147,6 +148,12 @@ class Strategy(abc.ABC):
     @abc.abstractmethod
     def _step(self) -> None:
         ...
+
+    def no_sync(self) -> contextlib.AbstractContextManager:
+        """Backward passes inside accumulate gradients without communicating (DDP's ``no_sync``);
+        the next :meth:`step` synchronises what they accumulated. A pipeline schedule runs one
+        backward per microbatch inside it. Only strategies that act during backward need it."""
+        return contextlib.nullcontext()
 
     def finalize(self) -> nn.Module:
         """The trained model; where replicas differ, their consensus (parameter average)."""

@@ -69,6 +69,25 @@ class Task(abc.ABC):
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Held-out metrics of ``model``; must include ``self.metric``."""
 
+    # -- pipeline model parallelism (docs/pipeline.md); a task that splits defines all three --------
+    @classmethod
+    def pipeline_unit_count(cls, config: TaskConfig) -> int:
+        """How many units :meth:`pipeline_units` cuts the model into (0: the model does not split)."""
+        return 0
+
+    def pipeline_units(self, model: nn.Module) -> list[nn.Module]:
+        """``model`` as modules run in order, each on the previous one's output; they share its tensors."""
+        raise NotImplementedError(f"{self.config.name} does not split into pipeline stages")
+
+    def pipeline_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs of the first unit, targets of :meth:`pipeline_loss`) for ``step``: the batch :meth:`loss` uses."""
+        raise NotImplementedError(f"{self.config.name} does not split into pipeline stages")
+
+    @staticmethod
+    def pipeline_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss of the last unit's output: what :meth:`loss` computes, as a mean over the batch."""
+        raise NotImplementedError
+
     def state_dict(self) -> dict:
         """Task state a checkpoint must keep (RL: observation statistics, replay position)."""
         return {}

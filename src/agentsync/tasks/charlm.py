@@ -76,10 +76,50 @@ class TinyGPT(nn.Module):
         self.head = nn.Linear(c.d_model, VOCAB)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        t = idx.shape[1]
-        h = self.tokens(idx) + self.positions(torch.arange(t, device=idx.device))
-        mask = nn.Transformer.generate_square_subsequent_mask(t, device=idx.device)
-        return self.head(self.norm(self.blocks(h, mask=mask, is_causal=True)))
+        return self.output(self.blocks(self.embed(idx), mask=causal_mask(idx.shape[1], idx.device), is_causal=True))
+
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.tokens(idx) + self.positions(torch.arange(idx.shape[1], device=idx.device))
+
+    def output(self, h: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(h))
+
+
+def causal_mask(t: int, device: torch.device) -> torch.Tensor:
+    return nn.Transformer.generate_square_subsequent_mask(t, device=device)
+
+
+class Embed(nn.Module):
+    """Pipeline unit: token and position embeddings (the model's own modules)."""
+
+    def __init__(self, model: TinyGPT) -> None:
+        super().__init__()
+        self.tokens, self.positions = model.tokens, model.positions
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return TinyGPT.embed(self, idx)
+
+
+class Block(nn.Module):
+    """Pipeline unit: one transformer block, causal."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.layer(h, src_mask=causal_mask(h.shape[1], h.device), is_causal=True)
+
+
+class Output(nn.Module):
+    """Pipeline unit: the final norm and the head."""
+
+    def __init__(self, model: TinyGPT) -> None:
+        super().__init__()
+        self.norm, self.head = model.norm, model.head
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return TinyGPT.output(self, h)
 
 
 class CharLM(Task):
@@ -121,3 +161,19 @@ class CharLM(Task):
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         loss = self.window_loss(model, self.eval_windows).item()
         return {"loss": loss, "bits_per_char": loss / math.log(2)}
+
+    @classmethod
+    def pipeline_unit_count(cls, config: CharLMConfig) -> int:
+        return config.layers + 2
+
+    def pipeline_units(self, model: TinyGPT) -> list[nn.Module]:
+        """The embeddings, each transformer block, the norm with the head."""
+        return [Embed(model), *(Block(layer) for layer in model.blocks.layers), Output(model)]
+
+    def pipeline_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        windows = self.train_windows[torch.from_numpy(self.sampler.indices(step)).to(self.device)]
+        return windows[:, :-1], windows[:, 1:]
+
+    @staticmethod
+    def pipeline_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(output.reshape(-1, VOCAB), target.reshape(-1))

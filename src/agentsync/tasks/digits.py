@@ -74,11 +74,27 @@ class Digits(DigitsData):
 
     def loss(self, model: nn.Module, step: int) -> tuple[torch.Tensor, int]:
         x, y = self.batch(step)
-        return nn.functional.cross_entropy(model(x), y), len(y)
+        return self.pipeline_loss(model(x), y), len(y)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         return classification_metrics(model(self.x_test), self.y_test)
+
+    @classmethod
+    def pipeline_unit_count(cls, config: DigitsConfig) -> int:
+        return 3
+
+    def pipeline_units(self, model: nn.Module) -> list[nn.Module]:
+        """The three layers, each Linear with the ReLU after it."""
+        layers = list(model)
+        return [nn.Sequential(*layers[i:i + 2]) for i in range(0, len(layers), 2)]
+
+    def pipeline_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.batch(step)
+
+    @staticmethod
+    def pipeline_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(output, target)
 
 
 @dataclasses.dataclass(kw_only=True)
