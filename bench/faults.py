@@ -1,6 +1,6 @@
 """What a lost worker costs: time lost per restart, survivors' accuracy, the reporter's memory.
 
-    .venv/bin/python bench/faults.py [--steps 400] [--repeats 2]
+    .venv/bin/python bench/faults.py [--steps 400] [--repeats 2] [--only restarts|survivors|memory]
 
 * **Restarts.** ``allreduce`` on digits, W = 3, rank 1 SIGKILLed at 50 % of the steps,
   ``--max-restarts 1`` and ``checkpoint_every`` = steps / 10, against the same run uninterrupted:
@@ -76,10 +76,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--only", choices=("restarts", "survivors", "memory"), help="run one part")
     args = parser.parse_args()
-    print(json.dumps({"benchmark": "faults", "restarts": restarts(args.steps, args.repeats),
-                      "survivors": survivors(args.steps, args.repeats),
-                      "reporter_memory": reporter_memory(args.repeats)}, indent=2))
+    parts = {"restarts": lambda: restarts(args.steps, args.repeats),
+             "survivors": lambda: survivors(args.steps, args.repeats),
+             "reporter_memory": lambda: reporter_memory(args.repeats)}
+    chosen = {k: f for k, f in parts.items() if args.only in (None, k, k.split("_")[-1])}
+    print(json.dumps({"benchmark": "faults", **{k: f() for k, f in chosen.items()}}, indent=2))
 
 
 if __name__ == "__main__":
