@@ -1,5 +1,5 @@
 """Compression with error feedback: codecs and residuals in one process, then the codec stage in
-real two-worker runs (allreduce, local-sgd): ``none`` changes nothing, a lossless codec changes
+real two-worker runs (allreduce, local-sgd, diloco, the parameter servers): ``none`` changes nothing, a lossless codec changes
 nothing, bytes are the encoded payload's, and resume is exact."""
 from __future__ import annotations
 
@@ -111,8 +111,10 @@ BAD = {
     "via --set": (["--set", "comm.compression=topk:ratio=0"], "ratio must be in (0, 1]"),
     **{f"{s} refuses": (["--strategy", s, "--compress", "fp16"],
                         f"comm.compression=fp16 is not supported by strategy {s}; "
-                        "strategies that support it: allreduce, local-sgd, diloco")
-       for s in ("none", "gossip", "ensemble", "ps-sync", "ps-async", "ssp", "easgd")},
+                        "strategies that support it: allreduce, local-sgd, diloco, ps-sync, ps-async, ssp")
+       for s in ("none", "ensemble", "easgd")},
+    "randk on a parameter server": (["--strategy", "ps-async", "--compress", "randk"],
+                                    "not supported by strategy ps-async (its indices come from a generator"),
 }
 
 
@@ -128,8 +130,8 @@ def test_bad_compression_is_one_line_exit_2(case, tmp_path, capsys, monkeypatch)
 
 def test_strategy_built_outside_the_cli_refuses_too():
     from agentsync.sync import STRATEGIES
-    cls = STRATEGIES["gossip"]
-    with pytest.raises(ConfigError, match="not supported by strategy gossip"):
+    cls = STRATEGIES["easgd"]
+    with pytest.raises(ConfigError, match="not supported by strategy easgd"):
         cls(cls.Config(), Comm(0, 1, CommConfig(compression="sign")))
 
 
@@ -221,3 +223,49 @@ def test_compressed_run_resumes_exactly(tmp_path, strategy):
     assert_identical(final_model(tmp_path / "split"), final_model(tmp_path / "whole"))
     resumed = json.loads((tmp_path / "split" / "summary.json").read_text())
     assert resumed["comm"]["bytes_sent"] == whole["comm"]["bytes_sent"]
+
+
+# -- parameter servers: workers push through the codec, servers decode -----------------------
+PS = ["--set", "eval_every=0", *SGD]
+
+
+def push_bytes(spec: str, n: int) -> int:
+    """One push on the wire: the int64 header (8 float32 slots) and the encoded bytes in float32 slots."""
+    return 32 + 4 * math.ceil(analytic_nbytes(spec, n) / 4)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("strategy,workers", [("ps-sync", 2), ("ps-async", 1)])
+def test_ps_none_and_lossless_topk_are_bit_identical(tmp_path, strategy, workers):
+    """ps-async with one worker is deterministic; ssp is ps-async with a bound, the same push path."""
+    args = ["--strategy", strategy, "--workers", str(workers), "--steps", "20", *PS]
+    plain = train(tmp_path / "plain", *args)
+    runs = ["none", "topk:ratio=1.0"] if strategy == "ps-sync" else ["topk:ratio=1.0"]
+    for spec in runs:
+        summary = train(tmp_path / spec, *args, "--compress", spec)
+        assert_identical(final_model(tmp_path / spec), final_model(tmp_path / "plain"))
+    n = sum(t.numel() for t in final_model(tmp_path / "plain").values())
+    for before, after in zip(plain["comm_per_rank"], summary["comm_per_rank"]):
+        if after["rank"] < workers:  # a worker pushes values and indices, gets the dense shard back
+            assert after["bytes_sent"] == 20 * push_bytes("topk:ratio=1.0", n) == 20 * (32 + 8 * n)
+            assert after["bytes_received"] == before["bytes_received"] == 20 * (32 + 4 * n)
+        else:
+            assert after["bytes_received"] == workers * 20 * (32 + 8 * n)
+
+
+@pytest.mark.timeout(300)
+def test_compressed_ps_sync_resumes_exactly_and_counts_the_encoded_pushes(tmp_path):
+    """The workers' residuals and generators travel in the checkpoint: 10 + 10 steps = 20 steps."""
+    args = ["--strategy", "ps-sync", "--workers", "2", *PS, "--compress", "qsgd:bits=4"]
+    whole = train(tmp_path / "whole", *args, "--steps", "20")
+    train(tmp_path / "split", *args, "--steps", "10")
+    result = agentsync("train", "--resume", str(tmp_path / "split"), "--steps", "20")
+    assert result.returncode == 0, result.stderr
+    assert_identical(final_model(tmp_path / "split"), final_model(tmp_path / "whole"))
+    resumed = json.loads((tmp_path / "split" / "summary.json").read_text())
+    n = sum(t.numel() for t in final_model(tmp_path / "whole").values())
+    for a, b in zip(whole["comm_per_rank"], resumed["comm_per_rank"]):
+        keys = ("rank", "bytes_sent", "bytes_received", "messages")
+        assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
+        if a["rank"] < 2:
+            assert a["bytes_sent"] == 20 * push_bytes("qsgd:bits=4", n)

@@ -48,3 +48,30 @@ def average_compressed_(comm: Comm, compression: Compression, key: str, tensor: 
     """In-place mean over the group of ``tensor``, sent compressed."""
     all_sum_async(comm, compression, key, tensor).wait()
     return tensor.div_(comm.world_size)
+
+
+class Channel:
+    """The codec stage of a point-to-point payload of ``numel`` values (a parameter-server push).
+
+    The wire stays one float32 tensor: the encoded bytes ride in ``slots`` float32 slots, zero-padded
+    to a multiple of four bytes, and the byte meter counts those slots. Sender and receiver build the
+    same channel from the codec and the size, so the receiver knows every payload's shapes.
+    """
+
+    def __init__(self, compression: Compression, numel: int, device: torch.device) -> None:
+        self.compression = compression
+        saved = compression.codec.state_dict()  # the template must not advance a codec's generator
+        self.template = compression.codec.encode(torch.zeros(numel, device=device))
+        compression.codec.load_state_dict(saved)
+        self.nbytes = compression.codec.nbytes(self.template)
+        self.slots = -(-self.nbytes // 4)
+
+    def encode(self, key: str, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` plus ``key``'s residual, encoded, as float32 slots (sender side)."""
+        data = self.compression.compress(key, tensor).to_bytes()
+        return torch.nn.functional.pad(data, (0, 4 * self.slots - data.numel())).view(torch.float32)
+
+    def decode(self, slots: torch.Tensor) -> torch.Tensor:
+        """The dense float32 tensor a message of :meth:`encode` carries (receiver side)."""
+        data = slots.contiguous().view(torch.uint8)[:self.nbytes]
+        return self.compression.codec.decode(self.template.like(data)).float()
