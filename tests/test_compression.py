@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -14,7 +16,7 @@ from agentsync.comm import Comm, CommConfig
 from agentsync.compress import Compression, ErrorFeedback, parse_codec
 from agentsync.errors import ConfigError
 from agentsync.sync.compressed import all_sum_async
-from conftest import agentsync, train
+from conftest import ENV, ROOT, agentsync, train
 
 N = 3000
 SPECS = ["none", "fp16", "bf16", "int8", "qsgd:bits=4", "qsgd:bits=2", "sign", "topk:ratio=0.01",
@@ -111,10 +113,14 @@ BAD = {
     "via --set": (["--set", "comm.compression=topk:ratio=0"], "ratio must be in (0, 1]"),
     **{f"{s} refuses": (["--strategy", s, "--compress", "fp16"],
                         f"comm.compression=fp16 is not supported by strategy {s}; "
-                        "strategies that support it: allreduce, local-sgd, diloco, ps-sync, ps-async, ssp")
+                        "strategies that support it: allreduce, gossip, local-sgd, diloco, ps-sync, ps-async, ssp")
        for s in ("none", "ensemble", "easgd")},
     "randk on a parameter server": (["--strategy", "ps-async", "--compress", "randk"],
                                     "not supported by strategy ps-async (its indices come from a generator"),
+    "randk in gossip": (["--strategy", "gossip", "--compress", "randk"],
+                        "strategies that support randk: allreduce, local-sgd, diloco"),
+    "consensus step without a codec": (["--strategy", "gossip", "--set", "strategy.consensus_step=0.5"],
+                                       "strategy.consensus_step=0.5 needs comm.compression"),
 }
 
 
@@ -210,12 +216,16 @@ def test_local_sgd_none_is_bit_identical_to_no_option(tmp_path):
 DILOCO = ["--strategy", "diloco", "--set", "strategy.inner_steps=3", "--workers", "2", *SGD]
 
 
+GOSSIP = ["--strategy", "gossip", "--set", "strategy.period=3", "--set", "strategy.consensus_step=0.5",
+          "--workers", "2", *SGD]
+
+
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("strategy", ["local-sgd", "diloco"])
+@pytest.mark.parametrize("strategy", ["local-sgd", "diloco", "gossip"])
 def test_compressed_run_resumes_exactly(tmp_path, strategy):
-    """Residuals, the anchor (θ_start) and qsgd's generator are in the checkpoint: 20 + 20 steps =
-    40 steps. Every 3 steps a synchronisation, so the split falls between two."""
-    args = [*(LOCAL if strategy == "local-sgd" else DILOCO), "--compress", "qsgd:bits=4"]
+    """Residuals, the anchor (θ_start), gossip's public copies and qsgd's generator are in the
+    checkpoint: 20 + 20 steps = 40 steps. Every 3 steps a synchronisation, so the split falls between two."""
+    args = [*{"local-sgd": LOCAL, "diloco": DILOCO, "gossip": GOSSIP}[strategy], "--compress", "qsgd:bits=4"]
     whole = train(tmp_path / "whole", *args, "--steps", "40")
     train(tmp_path / "split", *args, "--steps", "20")
     result = agentsync("train", "--resume", str(tmp_path / "split"), "--steps", "40")
@@ -269,3 +279,33 @@ def test_compressed_ps_sync_resumes_exactly_and_counts_the_encoded_pushes(tmp_pa
         assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
         if a["rank"] < 2:
             assert a["bytes_sent"] == 20 * push_bytes("qsgd:bits=4", n)
+
+
+# -- gossip: CHOCO-SGD, public copies and compressed differences --------------------------------
+@pytest.fixture(scope="module")
+def choco(tmp_path_factory):
+    out = tmp_path_factory.mktemp("choco")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4",
+                             str(ROOT / "tests/scripts/choco_mixing.py"), str(out)],
+                            capture_output=True, text=True, timeout=150, env=ENV, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    return json.loads((out / "choco.json").read_text())
+
+
+@pytest.mark.timeout(200)
+def test_choco_gossip_with_a_lossless_codec_is_gossip(choco):
+    """x̂ = x after each exchange, so x_i + (1 − α)(x_j − x_i) = α x_i + (1 − α) x_j up to rounding:
+    the same trajectory of consensus distances (W = 4, ring, α = 0.75), to float32 precision."""
+    plain, lossless = choco["none"]["distances"], choco["topk:ratio=1.0"]["distances"]
+    assert plain[-1] < 1e-3 * plain[0]
+    assert lossless == pytest.approx(plain, rel=1e-5, abs=1e-5)
+    assert choco["topk:ratio=1.0"]["bytes_sent"] == 2 * choco["none"]["bytes_sent"]  # values and indices
+
+
+@pytest.mark.timeout(200)
+def test_choco_gossip_with_top_k_reaches_consensus(choco):
+    """lr 0, top 10 % of 36 parameters per exchange (γ = 0.2): the distance falls below 1 % of its start,
+    and each round sends the encoded payload only (4 values + 4 indices)."""
+    run = choco["topk:ratio=0.1"]
+    assert run["distances"][-1] < 1e-2 * run["distances"][0]
+    assert run["bytes_sent"] == 100 * analytic_nbytes("topk:ratio=0.1", 36) == 100 * 32

@@ -42,7 +42,8 @@ def make_strategy(name: str, *, workers: int | None = None, servers: int = 1, **
         raise RuntimeError("call agentsync.init() before agentsync.make_strategy()")
     if workers is None:
         workers = _comm.world_size - (servers if _needs_servers(name, servers) else 0)
-    cfg = build_config({"workers": workers, "servers": servers, "strategy": {"name": name, **options}})
+    cfg = build_config({"workers": workers, "servers": servers, "strategy": {"name": name, **options},
+                        "comm": {"compression": _comm.config.compression}})  # validated with the codec in use
     if cfg.world_size != _comm.world_size:
         raise ConfigError(f"strategy {name!r} with {workers} workers needs {cfg.world_size} processes, "
                           f"but the job has {_comm.world_size}")

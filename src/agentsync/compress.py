@@ -299,11 +299,22 @@ class ErrorFeedback:
 
 class Compression:
     """A strategy's codec and one error-feedback memory per payload it sends (a bucket, the flat
-    parameters), created on first use; checkpointed with the strategy so resume is exact."""
+    parameters), created on first use; checkpointed with the strategy so resume is exact.
+
+    ``copies`` holds CHOCO gossip's public copies instead (see
+    :func:`agentsync.sync.compressed.choco_exchange`): there the copy is the memory, x − x̂ what is
+    still to send."""
 
     def __init__(self, codec: Codec) -> None:
         self.codec = codec
         self.feedback: dict[str, ErrorFeedback] = {}
+        self.copies: dict[str, torch.Tensor] = {}
+
+    def copy(self, key: str, like: torch.Tensor) -> torch.Tensor:
+        """The public copy named ``key``, zeros (shaped as ``like``) until something is sent into it."""
+        if key not in self.copies:
+            self.copies[key] = torch.zeros_like(like)
+        return self.copies[key]
 
     def compress(self, key: str, x: torch.Tensor) -> Encoded:
         if key not in self.feedback:
@@ -312,9 +323,11 @@ class Compression:
 
     def state_dict(self) -> dict:
         return {"codec": self.codec.state_dict(),
-                "feedback": {k: f.state_dict() for k, f in self.feedback.items()}}
+                "feedback": {k: f.state_dict() for k, f in self.feedback.items()},
+                "copies": {k: c.clone() for k, c in self.copies.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.codec.load_state_dict(state["codec"])
         for key, saved in state["feedback"].items():
             self.feedback.setdefault(key, ErrorFeedback(self.codec)).load_state_dict(saved)
+        self.copies = {k: c.clone() for k, c in state.get("copies", {}).items()}

@@ -75,3 +75,24 @@ class Channel:
         """The dense float32 tensor a message of :meth:`encode` carries (receiver side)."""
         data = slots.contiguous().view(torch.uint8)[:self.nbytes]
         return self.compression.codec.decode(self.template.like(data)).float()
+
+
+@torch.no_grad()
+def choco_exchange(comm: Comm, compression: Compression, key: str, mine: torch.Tensor, partner: int) -> torch.Tensor:
+    """CHOCO-SGD's transport (Koloskova et al., 2019) for one pair: x̂_partner − x̂_mine.
+
+    Each side of the pair keeps two public copies, its own x̂_mine and the partner's x̂_partner, equal
+    bit for bit on both sides. Each sends only q = encode(x − x̂) and both add decode(q) to that copy,
+    so what a codec drops stays in x − x̂ and goes out later (the copy is the error feedback). A
+    lossless codec makes x̂ = x and the mix plain gossip's, up to rounding.
+    """
+    codec = compression.codec
+    own = compression.copy(f"{key}/{partner}/own", mine)
+    other = compression.copy(f"{key}/{partner}/other", mine)
+    encoded = codec.encode(mine - own)
+    sent = encoded.to_bytes()
+    received = torch.empty_like(sent)
+    comm.exchange(sent, received, partner)
+    own.add_(codec.decode(encoded))
+    other.add_(codec.decode(encoded.like(received)))
+    return other - own
