@@ -113,8 +113,8 @@ BAD = {
     "via --set": (["--set", "comm.compression=topk:ratio=0"], "ratio must be in (0, 1]"),
     **{f"{s} refuses": (["--strategy", s, "--compress", "fp16"],
                         f"comm.compression=fp16 is not supported by strategy {s}; "
-                        "strategies that support it: allreduce, gossip, local-sgd, diloco, ps-sync, ps-async, ssp")
-       for s in ("none", "ensemble", "easgd")},
+                        "strategies that support it: allreduce, gossip, local-sgd, diloco, ps-sync, ps-async, ssp, easgd")
+       for s in ("none", "ensemble")},
     "randk on a parameter server": (["--strategy", "ps-async", "--compress", "randk"],
                                     "not supported by strategy ps-async (its indices come from a generator"),
     "randk in gossip": (["--strategy", "gossip", "--compress", "randk"],
@@ -136,9 +136,9 @@ def test_bad_compression_is_one_line_exit_2(case, tmp_path, capsys, monkeypatch)
 
 def test_strategy_built_outside_the_cli_refuses_too():
     from agentsync.sync import STRATEGIES
-    cls = STRATEGIES["easgd"]
-    with pytest.raises(ConfigError, match="not supported by strategy easgd"):
-        cls(cls.Config(), Comm(0, 1, CommConfig(compression="sign")))
+    cls = STRATEGIES["ensemble"]
+    with pytest.raises(ConfigError, match="not supported by strategy ensemble"):
+        cls(cls.Config(name="ensemble"), Comm(0, 1, CommConfig(compression="sign")))
 
 
 # -- two workers ------------------------------------------------------------------------------
@@ -264,9 +264,26 @@ def test_ps_none_and_lossless_topk_are_bit_identical(tmp_path, strategy, workers
 
 
 @pytest.mark.timeout(300)
+def test_easgd_with_a_lossless_codec_is_easgd(tmp_path):
+    """One worker (deterministic), an exchange every 2 steps: the public copy θ̂ equals θ after each
+    push, so the elastic move is plain easgd's up to rounding; the pushes carry values and indices."""
+    args = ["--strategy", "easgd", "--set", "strategy.tau=2", "--workers", "1", "--steps", "20", *PS]
+    train(tmp_path / "plain", *args)
+    summary = train(tmp_path / "lossless", *args, "--compress", "topk:ratio=1.0")
+    plain, lossless = final_model(tmp_path / "plain"), final_model(tmp_path / "lossless")
+    for key in plain:
+        assert torch.allclose(lossless[key], plain[key], rtol=0, atol=1e-6), key
+    n = sum(t.numel() for t in plain.values())
+    worker = next(r for r in summary["comm_per_rank"] if r["rank"] == 0)
+    assert worker["bytes_sent"] == 10 * push_bytes("topk:ratio=1.0", n)
+
+
+@pytest.mark.timeout(300)
 def test_compressed_ps_sync_resumes_exactly_and_counts_the_encoded_pushes(tmp_path):
-    """The workers' residuals and generators travel in the checkpoint: 10 + 10 steps = 20 steps."""
-    args = ["--strategy", "ps-sync", "--workers", "2", *PS, "--compress", "qsgd:bits=4"]
+    """The workers' residuals and generators travel in the checkpoint: 10 + 10 steps = 20 steps.
+    (easgd does not resume exactly even uncompressed: a finished worker takes the center.)"""
+    strategy, workers = "ps-sync", 2
+    args = ["--strategy", strategy, "--workers", str(workers), *PS, "--compress", "qsgd:bits=4"]
     whole = train(tmp_path / "whole", *args, "--steps", "20")
     train(tmp_path / "split", *args, "--steps", "10")
     result = agentsync("train", "--resume", str(tmp_path / "split"), "--steps", "20")
@@ -277,7 +294,7 @@ def test_compressed_ps_sync_resumes_exactly_and_counts_the_encoded_pushes(tmp_pa
     for a, b in zip(whole["comm_per_rank"], resumed["comm_per_rank"]):
         keys = ("rank", "bytes_sent", "bytes_received", "messages")
         assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
-        if a["rank"] < 2:
+        if a["rank"] < workers:
             assert a["bytes_sent"] == 20 * push_bytes("qsgd:bits=4", n)
 
 

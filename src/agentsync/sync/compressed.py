@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from agentsync.comm import Comm, Work
-from agentsync.compress import Compression
+from agentsync.compress import Compression, Encoded
 
 
 class Decoding:
@@ -68,7 +68,22 @@ class Channel:
 
     def encode(self, key: str, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor`` plus ``key``'s residual, encoded, as float32 slots (sender side)."""
-        data = self.compression.compress(key, tensor).to_bytes()
+        return self.slots_of(self.compression.compress(key, tensor))
+
+    @torch.no_grad()
+    def encode_change(self, key: str, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` − x̂, encoded, where x̂ is public copy ``key`` of ``tensor`` that the receiver also
+        keeps (CHOCO's scheme: x̂ ← x̂ + decode, so the copy is the error feedback). A non-finite
+        payload leaves the copy alone, as the receiver does."""
+        copy = self.compression.copy(key, tensor)
+        encoded = self.compression.codec.encode(tensor - copy)
+        decoded = self.compression.codec.decode(encoded)
+        if bool(torch.isfinite(decoded).all()):
+            copy.add_(decoded)
+        return self.slots_of(encoded)
+
+    def slots_of(self, encoded: Encoded) -> torch.Tensor:
+        data = encoded.to_bytes()
         return torch.nn.functional.pad(data, (0, 4 * self.slots - data.numel())).view(torch.float32)
 
     def decode(self, slots: torch.Tensor) -> torch.Tensor:

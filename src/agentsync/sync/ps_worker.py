@@ -63,6 +63,10 @@ class WorkerRole:
         """Take the server's answer to a push: the fresh parameters of its shard."""
         unflat_(self.shard(server), reply)
 
+    def encode(self, server: int, payload: torch.Tensor) -> torch.Tensor:
+        """The push through the codec stage: the gradient shard with its error feedback."""
+        return self.channels[server].encode(f"push{server}", payload)
+
     # -- the exchanges -----------------------------------------------------------------------------
     def send(self, server: int, kind: Kind, payload: torch.Tensor) -> None:
         header = [int(kind), self.comm.rank, self.version, payload.numel()]
@@ -80,7 +84,7 @@ class WorkerRole:
         servers = range(self.layout.servers)
         for s in servers:
             payload = self.payload(s)
-            self.send(s, Kind.PUSH, payload if self.channels is None else self.channels[s].encode(f"push{s}", payload))
+            self.send(s, Kind.PUSH, payload if self.channels is None else self.encode(s, payload))
         self.clock += 1
         for s in servers:
             self.take_(s, self.receive(s, self.layout.numels[s]))
