@@ -326,3 +326,26 @@ def test_choco_gossip_with_top_k_reaches_consensus(choco):
     run = choco["topk:ratio=0.1"]
     assert run["distances"][-1] < 1e-2 * run["distances"][0]
     assert run["bytes_sent"] == 100 * analytic_nbytes("topk:ratio=0.1", 36) == 100 * 32
+
+
+# -- advise: codec bytes and measured encode/decode in the step-time model -----------------------
+def test_advise_models_the_encoded_payload_and_warns_for_lossy_codecs():
+    from agentsync.comm import NetSim
+    from agentsync.config import load_config
+    from agentsync.report.advise import model_bytes, predict
+
+    net, workers = NetSim.parse("latency=0ms,bandwidth=100Mbit"), 4
+
+    def run(strategy, spec):
+        cfg = load_config(None, flags={"strategy.name": strategy, "workers": workers, "comm.compression": spec})
+        return predict(cfg, net, compute_s=0.0, nbytes=model_bytes(cfg), cores=workers)
+
+    dense, half, sparse = run("allreduce", "none"), run("allreduce", "fp16"), run("allreduce", "topk:ratio=0.01")
+    n = model_bytes(load_config(None, flags={})) // 4
+    assert half.bytes_per_step == dense.bytes_per_step / 2  # fp16 is all-reduced: the ring's bytes halve
+    assert sparse.bytes_per_step == (workers - 1) * analytic_nbytes("topk:ratio=0.01", n)  # all-gathered
+    assert sparse.comm_s == pytest.approx(sparse.bytes_per_step / net.bandwidth_Bps)
+    assert sparse.codec_s > 0 and sparse.step_time_s == sparse.codec_s + sparse.comm_s
+    assert "residual" in sparse.warning and half.warning == "" and dense.codec == "none"
+    push = run("ps-sync", "topk:ratio=0.01")  # encoded push, dense answer: headers on both
+    assert push.bytes_per_step == analytic_nbytes("topk:ratio=0.01", n) + 32

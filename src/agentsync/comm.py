@@ -129,6 +129,8 @@ class CommStats:
     bytes_received: int = 0
     messages: int = 0
     comm_time_s: float = 0.0
+    codec_time_s: float = 0.0
+    """Seconds spent encoding and decoding compressed payloads (compute, apart from ``comm_time_s``)."""
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -136,7 +138,7 @@ class CommStats:
     def load(self, saved: dict) -> None:
         """Continue from a checkpoint's counters, so cumulative figures stay cumulative on resume."""
         for f in dataclasses.fields(self):
-            setattr(self, f.name, type(getattr(self, f.name))(saved[f.name]))
+            setattr(self, f.name, type(getattr(self, f.name))(saved.get(f.name, getattr(self, f.name))))
 
 
 class ByteMeter:

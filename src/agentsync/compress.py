@@ -21,8 +21,10 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import time
 
 import torch
 
@@ -305,10 +307,29 @@ class Compression:
     :func:`agentsync.sync.compressed.choco_exchange`): there the copy is the memory, x − x̂ what is
     still to send."""
 
-    def __init__(self, codec: Codec) -> None:
-        self.codec = codec
+    def __init__(self, codec: Codec, stats=None) -> None:
+        self.codec, self.stats = codec, stats
+        """``stats``: a :class:`~agentsync.comm.CommStats` whose ``codec_time_s`` gets the encode/decode time."""
         self.feedback: dict[str, ErrorFeedback] = {}
         self.copies: dict[str, torch.Tensor] = {}
+
+    @contextlib.contextmanager
+    def timed(self):
+        """Count the time inside as encoding/decoding (compute, not communication)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.stats is not None:
+                self.stats.codec_time_s += time.perf_counter() - start
+
+    def encode(self, x: torch.Tensor) -> Encoded:
+        with self.timed():
+            return self.codec.encode(x)
+
+    def decode(self, encoded: Encoded) -> torch.Tensor:
+        with self.timed():
+            return self.codec.decode(encoded)
 
     def copy(self, key: str, like: torch.Tensor) -> torch.Tensor:
         """The public copy named ``key``, zeros (shaped as ``like``) until something is sent into it."""
@@ -319,7 +340,8 @@ class Compression:
     def compress(self, key: str, x: torch.Tensor) -> Encoded:
         if key not in self.feedback:
             self.feedback[key] = ErrorFeedback(self.codec)
-        return self.feedback[key].compress(x)
+        with self.timed():
+            return self.feedback[key].compress(x)
 
     def state_dict(self) -> dict:
         return {"codec": self.codec.state_dict(),

@@ -80,7 +80,7 @@ class Strategy(abc.ABC):
         if is_none(spec):
             return None
         check_compression(type(self), self.config.name, spec)
-        return Compression(parse_codec(spec, rank=self.comm.rank))
+        return Compression(parse_codec(spec, rank=self.comm.rank), self.comm.stats)
 
     @classmethod
     def world_size(cls, workers: int, servers: int) -> int:

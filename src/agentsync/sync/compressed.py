@@ -33,13 +33,13 @@ def all_sum_async(comm: Comm, compression: Compression, key: str, tensor: torch.
     encoded = compression.compress(key, tensor)
     if codec.linear:
         work = comm.all_reduce_async(encoded.tensors["values"])
-        return Decoding(work, lambda: tensor.copy_(codec.decode(encoded)))
+        return Decoding(work, lambda: tensor.copy_(compression.decode(encoded)))
     gathered, work = comm.all_gather_async(encoded.to_bytes())
 
     def finish() -> None:
         tensor.zero_()
         for payload in gathered:
-            tensor.add_(codec.decode(encoded.like(payload)))
+            tensor.add_(compression.decode(encoded.like(payload)))
     return Decoding(work, finish)
 
 
@@ -76,8 +76,8 @@ class Channel:
         keeps (CHOCO's scheme: x̂ ← x̂ + decode, so the copy is the error feedback). A non-finite
         payload leaves the copy alone, as the receiver does."""
         copy = self.compression.copy(key, tensor)
-        encoded = self.compression.codec.encode(tensor - copy)
-        decoded = self.compression.codec.decode(encoded)
+        encoded = self.compression.encode(tensor - copy)
+        decoded = self.compression.decode(encoded)
         if bool(torch.isfinite(decoded).all()):
             copy.add_(decoded)
         return self.slots_of(encoded)
@@ -89,7 +89,7 @@ class Channel:
     def decode(self, slots: torch.Tensor) -> torch.Tensor:
         """The dense float32 tensor a message of :meth:`encode` carries (receiver side)."""
         data = slots.contiguous().view(torch.uint8)[:self.nbytes]
-        return self.compression.codec.decode(self.template.like(data)).float()
+        return self.compression.decode(self.template.like(data)).float()
 
 
 @torch.no_grad()
@@ -101,13 +101,12 @@ def choco_exchange(comm: Comm, compression: Compression, key: str, mine: torch.T
     so what a codec drops stays in x − x̂ and goes out later (the copy is the error feedback). A
     lossless codec makes x̂ = x and the mix plain gossip's, up to rounding.
     """
-    codec = compression.codec
     own = compression.copy(f"{key}/{partner}/own", mine)
     other = compression.copy(f"{key}/{partner}/other", mine)
-    encoded = codec.encode(mine - own)
+    encoded = compression.encode(mine - own)
     sent = encoded.to_bytes()
     received = torch.empty_like(sent)
     comm.exchange(sent, received, partner)
-    own.add_(codec.decode(encoded))
-    other.add_(codec.decode(encoded.like(received)))
+    own.add_(compression.decode(encoded))
+    other.add_(compression.decode(encoded.like(received)))
     return other - own
