@@ -20,7 +20,7 @@ from conftest import ENV, ROOT, agentsync, train
 
 N = 3000
 SPECS = ["none", "fp16", "bf16", "int8", "qsgd:bits=4", "qsgd:bits=2", "sign", "topk:ratio=0.01",
-         "randk:ratio=0.05"]
+         "randk:ratio=0.05"]  # powersgd is a transport over matrices, tested below
 SGD = ["--set", "optimizer.name=sgd", "--set", "optimizer.lr=0.05", "--set", "optimizer.momentum=0"]
 
 
@@ -105,6 +105,22 @@ def test_all_sum_on_one_rank_is_the_decoded_payload():
         assert torch.allclose(out + compression.feedback["t"].residual, x, atol=1e-6)
 
 
+def test_powersgd_error_feedback_loses_nothing():
+    """One rank: Σ transmitted P Qᵀ (and the bias, sent as it is) + final residuals = Σ raw gradients."""
+    comm, compression = Comm(0, 1, CommConfig()), Compression(parse_codec("powersgd:rank=2"))
+    shapes = [torch.Size([20, 30]), torch.Size([30]), torch.Size([10, 20])]
+    gen = torch.Generator().manual_seed(7)
+    inputs = [torch.randn(830, generator=gen) for _ in range(30)]
+    sent = torch.zeros(830)
+    for x in inputs:
+        out = x.clone()
+        all_sum_async(comm, compression, "b", out, shapes).wait()
+        sent += out
+    residual = torch.cat([compression.copies["b/e0"].reshape(-1), torch.zeros(30),
+                          compression.copies["b/e2"].reshape(-1)])
+    assert torch.allclose(sent + residual, sum(inputs), atol=1e-4, rtol=0)
+
+
 BAD = {
     "unknown codec": (["--compress", "zip"], "comm.compression: unknown codec 'zip'; available: none, fp16"),
     "ratio out of range": (["--compress", "topk:ratio=2"], "ratio must be in (0, 1] (got '2')"),
@@ -117,6 +133,9 @@ BAD = {
        for s in ("none", "ensemble")},
     "randk on a parameter server": (["--strategy", "ps-async", "--compress", "randk"],
                                     "not supported by strategy ps-async (its indices come from a generator"),
+    "powersgd outside allreduce": (["--strategy", "local-sgd", "--compress", "powersgd:rank=2"],
+                                   "(powersgd needs gradients laid out as parameter matrices); strategies that "
+                                   "support powersgd: allreduce"),
     "randk in gossip": (["--strategy", "gossip", "--compress", "randk"],
                         "strategies that support randk: allreduce, local-sgd, diloco"),
     "consensus step without a codec": (["--strategy", "gossip", "--set", "strategy.consensus_step=0.5"],
@@ -201,6 +220,25 @@ def test_a_nan_gradient_is_skipped_once_and_not_kept_in_the_residual(tmp_path):
                     "--set", "comm.fault=1:nan@10")
     assert summary["nonfinite_skipped"] == 1
     assert all(torch.isfinite(t).all() for t in final_model(tmp_path / "nan").values())
+
+
+@pytest.mark.timeout(240)
+def test_powersgd_all_reduces_p_and_q_after_plain_steps(tmp_path, allreduce_plain):
+    """powersgd:rank=2:start=5, W = 2, 20 steps: 5 plain all-reduces of the bucket, then per step one
+    of P (n×2 per weight matrix, biases as they are) and one of Q (m×2 per matrix); and with start past
+    the last step it is plain allreduce, bit for bit."""
+    train(tmp_path / "late", "--workers", "2", "--steps", "50", "--compress", "powersgd:rank=2:start=50", *SGD)
+    assert_identical(final_model(tmp_path / "late"), final_model(allreduce_plain))
+    summary = train(tmp_path / "psgd", "--workers", "2", "--steps", "20", "--compress", "powersgd:rank=2:start=5",
+                    *SGD)
+    model = final_model(allreduce_plain)
+    n = sum(t.numel() for t in model.values())
+    matrices = [t.shape for t in model.values() if t.dim() == 2]  # digits MLP: (128,64), (128,128), (10,128)
+    p = sum(rows * 2 for rows, _ in matrices) + sum(t.numel() for t in model.values() if t.dim() == 1)
+    q = sum(cols * 2 for _, cols in matrices)
+    for stats in summary["comm_per_rank"]:  # a ring all-reduce of B bytes sends 2(W−1)/W × B = B at W = 2
+        assert stats["bytes_sent"] == 5 * 4 * n + 15 * 4 * (p + q)
+    assert summary["comm"]["codec_time_s"] > 0
 
 
 LOCAL = ["--strategy", "local-sgd", "--set", "strategy.period=3", "--workers", "2", *SGD]

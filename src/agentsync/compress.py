@@ -215,9 +215,28 @@ class RandK(Seeded):
         return dense.view(encoded.shape)
 
 
-CODECS = ("none", "fp16", "bf16", "int8", "qsgd", "sign", "topk", "randk")
+class PowerSGD(Codec):
+    """Rank-``rank`` approximation of each gradient matrix, P Q^T (Vogels et al., 2019): the transport
+    all-reduces P = M Q, orthogonalises it, all-reduces Q = M^T P (see
+    :func:`agentsync.sync.compressed.power_sum`); Q is kept for the next step (warm start), and the
+    first ``start`` steps are plain all-reduces. Needs the payload's matrix shapes, so only the
+    all-reduce strategy (per bucket, per parameter) takes it; not a per-tensor encode/decode."""
+
+    linear, low_rank = True, True
+
+    def __init__(self, rank: int, start: int, seed: int) -> None:
+        self.name, self.rank, self.start, self.seed = f"powersgd:rank={rank}", rank, start, seed
+
+    def encode(self, x: torch.Tensor) -> Encoded:
+        raise TypeError("powersgd is a two-round transport, not a per-tensor encoding (see power_sum)")
+
+    decode = encode
+
+
+CODECS = ("none", "fp16", "bf16", "int8", "qsgd", "sign", "topk", "randk", "powersgd")
 OPTIONS = {"none": (), "fp16": (), "bf16": (), "sign": (), "int8": ("chunk", "seed"),
-           "qsgd": ("bits", "chunk", "seed"), "topk": ("ratio",), "randk": ("ratio", "seed")}
+           "qsgd": ("bits", "chunk", "seed"), "topk": ("ratio",), "randk": ("ratio", "seed"),
+           "powersgd": ("rank", "start", "seed")}
 
 
 def is_none(spec: str) -> bool:
@@ -268,6 +287,9 @@ def build_codec(name: str, opts: dict, rank: int) -> Codec:
         return QSGD(bits, chunk, seed * 1_000_003 + rank)
     if name == "sign":
         return Sign()
+    if name == "powersgd":
+        return PowerSGD(number(opts, "rank", int, 2, lambda v: v >= 1, "an int >= 1"),
+                        number(opts, "start", int, 0, lambda v: v >= 0, "an int >= 0"), seed)
     ratio = number(opts, "ratio", float, 0.01, lambda v: 0 < v <= 1, "in (0, 1]")
     return TopK(ratio) if name == "topk" else RandK(ratio, seed)
 
@@ -303,9 +325,9 @@ class Compression:
     """A strategy's codec and one error-feedback memory per payload it sends (a bucket, the flat
     parameters), created on first use; checkpointed with the strategy so resume is exact.
 
-    ``copies`` holds CHOCO gossip's public copies instead (see
-    :func:`agentsync.sync.compressed.choco_exchange`): there the copy is the memory, x − x̂ what is
-    still to send."""
+    ``copies`` holds other tensors a transport keeps between steps: CHOCO gossip's public copies
+    (:func:`agentsync.sync.compressed.choco_exchange`: the copy is the memory, x − x̂ what is still
+    to send), PowerSGD's warm-start Q and residuals (:func:`agentsync.sync.compressed.power_sum`)."""
 
     def __init__(self, codec: Codec, stats=None) -> None:
         self.codec, self.stats = codec, stats

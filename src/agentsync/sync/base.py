@@ -62,6 +62,8 @@ class Strategy(abc.ABC):
     """True where ``comm.compression`` applies: the strategy sends its payloads through a codec."""
     refused_codecs: ClassVar[dict[str, str]] = {}
     """Codecs this strategy refuses although it compresses, each with the reason (one line)."""
+    takes_low_rank: ClassVar[bool] = False
+    """True where the payload is laid out by parameter so a low-rank codec (powersgd) sees matrices."""
     max_steps: int | None = None
     """The run's step budget when the runtime drives the loop (lets global-step strategies stop early)."""
 
@@ -195,6 +197,9 @@ def check_compression(cls: type[Strategy], strategy: str, spec: str) -> None:
     if not cls.supports_compression:
         raise ConfigError(compression_refused(strategy, spec))
     codec = spec.strip().split(":")[0]
+    if codec == "powersgd" and not cls.takes_low_rank:
+        raise ConfigError(f"comm.compression={spec} is not supported by strategy {strategy} (powersgd needs "
+                          "gradients laid out as parameter matrices); strategies that support powersgd: allreduce")
     if codec in cls.refused_codecs:
         from agentsync.sync import STRATEGIES  # the registry imports this module
         able = ", ".join(name for name, other in STRATEGIES.items()
