@@ -24,6 +24,7 @@ import torch
 from agentsync.comm import NetSim
 from agentsync.compress import Codec, is_none, parse_codec
 from agentsync.config import RunConfig, load_config
+from agentsync.errors import ConfigError
 from agentsync.report.costs import TRANSPORTS, compressed_step_cost, period, step_cost
 from agentsync.tasks import build_task
 
@@ -110,6 +111,9 @@ def predict(cfg: RunConfig, net: NetSim, compute_s: float, nbytes: int, cores: i
         return Prediction(cfg.strategy.name, compute + cost.seconds, compute, cost.seconds, cost.bytes_sent, cost.note,
                           warning)
     codec = parse_codec(spec)
+    if getattr(codec, "low_rank", False):
+        raise ConfigError(f"advise --compress {spec}: powersgd's bytes depend on the model's matrices and are not "
+                          "modelled yet; codecs advise models: fp16, bf16, int8, qsgd, sign, topk, randk")
     gathered = TRANSPORTS[cfg.strategy.name] == "collective" and not codec.linear
     wire, codec_s = measure_codec(codec, nbytes, cfg.workers if gathered else 1)
     cost = compressed_step_cost(cfg.strategy, net, nbytes, wire, codec.linear, cfg.workers, cfg.servers)
