@@ -1,10 +1,12 @@
 """Compression with error feedback: codecs and residuals in one process, then the codec stage in
-real two-worker runs (allreduce, local-sgd): ``none`` changes nothing, a lossless codec changes
+real two-worker runs (allreduce, local-sgd, diloco, the parameter servers): ``none`` changes nothing, a lossless codec changes
 nothing, bytes are the encoded payload's, and resume is exact."""
 from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -14,11 +16,11 @@ from agentsync.comm import Comm, CommConfig
 from agentsync.compress import Compression, ErrorFeedback, parse_codec
 from agentsync.errors import ConfigError
 from agentsync.sync.compressed import all_sum_async
-from conftest import agentsync, train
+from conftest import ENV, ROOT, agentsync, train
 
 N = 3000
 SPECS = ["none", "fp16", "bf16", "int8", "qsgd:bits=4", "qsgd:bits=2", "sign", "topk:ratio=0.01",
-         "randk:ratio=0.05"]
+         "randk:ratio=0.05"]  # powersgd is a transport over matrices, tested below
 SGD = ["--set", "optimizer.name=sgd", "--set", "optimizer.lr=0.05", "--set", "optimizer.momentum=0"]
 
 
@@ -103,6 +105,22 @@ def test_all_sum_on_one_rank_is_the_decoded_payload():
         assert torch.allclose(out + compression.feedback["t"].residual, x, atol=1e-6)
 
 
+def test_powersgd_error_feedback_loses_nothing():
+    """One rank: Σ transmitted P Qᵀ (and the bias, sent as it is) + final residuals = Σ raw gradients."""
+    comm, compression = Comm(0, 1, CommConfig()), Compression(parse_codec("powersgd:rank=2"))
+    shapes = [torch.Size([20, 30]), torch.Size([30]), torch.Size([10, 20])]
+    gen = torch.Generator().manual_seed(7)
+    inputs = [torch.randn(830, generator=gen) for _ in range(30)]
+    sent = torch.zeros(830)
+    for x in inputs:
+        out = x.clone()
+        all_sum_async(comm, compression, "b", out, shapes).wait()
+        sent += out
+    residual = torch.cat([compression.copies["b/e0"].reshape(-1), torch.zeros(30),
+                          compression.copies["b/e2"].reshape(-1)])
+    assert torch.allclose(sent + residual, sum(inputs), atol=1e-4, rtol=0)
+
+
 BAD = {
     "unknown codec": (["--compress", "zip"], "comm.compression: unknown codec 'zip'; available: none, fp16"),
     "ratio out of range": (["--compress", "topk:ratio=2"], "ratio must be in (0, 1] (got '2')"),
@@ -111,8 +129,17 @@ BAD = {
     "via --set": (["--set", "comm.compression=topk:ratio=0"], "ratio must be in (0, 1]"),
     **{f"{s} refuses": (["--strategy", s, "--compress", "fp16"],
                         f"comm.compression=fp16 is not supported by strategy {s}; "
-                        "strategies that support it: allreduce, local-sgd, diloco")
-       for s in ("none", "gossip", "ensemble", "ps-sync", "ps-async", "ssp", "easgd")},
+                        "strategies that support it: allreduce, gossip, local-sgd, diloco, ps-sync, ps-async, ssp, easgd")
+       for s in ("none", "ensemble")},
+    "randk on a parameter server": (["--strategy", "ps-async", "--compress", "randk"],
+                                    "not supported by strategy ps-async (its indices come from a generator"),
+    "powersgd outside allreduce": (["--strategy", "local-sgd", "--compress", "powersgd:rank=2"],
+                                   "(powersgd needs gradients laid out as parameter matrices); strategies that "
+                                   "support powersgd: allreduce"),
+    "randk in gossip": (["--strategy", "gossip", "--compress", "randk"],
+                        "strategies that support randk: allreduce, local-sgd, diloco"),
+    "consensus step without a codec": (["--strategy", "gossip", "--set", "strategy.consensus_step=0.5"],
+                                       "strategy.consensus_step=0.5 needs comm.compression"),
 }
 
 
@@ -128,9 +155,9 @@ def test_bad_compression_is_one_line_exit_2(case, tmp_path, capsys, monkeypatch)
 
 def test_strategy_built_outside_the_cli_refuses_too():
     from agentsync.sync import STRATEGIES
-    cls = STRATEGIES["gossip"]
-    with pytest.raises(ConfigError, match="not supported by strategy gossip"):
-        cls(cls.Config(), Comm(0, 1, CommConfig(compression="sign")))
+    cls = STRATEGIES["ensemble"]
+    with pytest.raises(ConfigError, match="not supported by strategy ensemble"):
+        cls(cls.Config(name="ensemble"), Comm(0, 1, CommConfig(compression="sign")))
 
 
 # -- two workers ------------------------------------------------------------------------------
@@ -195,6 +222,25 @@ def test_a_nan_gradient_is_skipped_once_and_not_kept_in_the_residual(tmp_path):
     assert all(torch.isfinite(t).all() for t in final_model(tmp_path / "nan").values())
 
 
+@pytest.mark.timeout(240)
+def test_powersgd_all_reduces_p_and_q_after_plain_steps(tmp_path, allreduce_plain):
+    """powersgd:rank=2:start=5, W = 2, 20 steps: 5 plain all-reduces of the bucket, then per step one
+    of P (n×2 per weight matrix, biases as they are) and one of Q (m×2 per matrix); and with start past
+    the last step it is plain allreduce, bit for bit."""
+    train(tmp_path / "late", "--workers", "2", "--steps", "50", "--compress", "powersgd:rank=2:start=50", *SGD)
+    assert_identical(final_model(tmp_path / "late"), final_model(allreduce_plain))
+    summary = train(tmp_path / "psgd", "--workers", "2", "--steps", "20", "--compress", "powersgd:rank=2:start=5",
+                    *SGD)
+    model = final_model(allreduce_plain)
+    n = sum(t.numel() for t in model.values())
+    matrices = [t.shape for t in model.values() if t.dim() == 2]  # digits MLP: (128,64), (128,128), (10,128)
+    p = sum(rows * 2 for rows, _ in matrices) + sum(t.numel() for t in model.values() if t.dim() == 1)
+    q = sum(cols * 2 for _, cols in matrices)
+    for stats in summary["comm_per_rank"]:  # a ring all-reduce of B bytes sends 2(W−1)/W × B = B at W = 2
+        assert stats["bytes_sent"] == 5 * 4 * n + 15 * 4 * (p + q)
+    assert summary["comm"]["codec_time_s"] > 0
+
+
 LOCAL = ["--strategy", "local-sgd", "--set", "strategy.period=3", "--workers", "2", *SGD]
 
 
@@ -208,12 +254,16 @@ def test_local_sgd_none_is_bit_identical_to_no_option(tmp_path):
 DILOCO = ["--strategy", "diloco", "--set", "strategy.inner_steps=3", "--workers", "2", *SGD]
 
 
+GOSSIP = ["--strategy", "gossip", "--set", "strategy.period=3", "--set", "strategy.consensus_step=0.5",
+          "--workers", "2", *SGD]
+
+
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("strategy", ["local-sgd", "diloco"])
+@pytest.mark.parametrize("strategy", ["local-sgd", "diloco", "gossip"])
 def test_compressed_run_resumes_exactly(tmp_path, strategy):
-    """Residuals, the anchor (θ_start) and qsgd's generator are in the checkpoint: 20 + 20 steps =
-    40 steps. Every 3 steps a synchronisation, so the split falls between two."""
-    args = [*(LOCAL if strategy == "local-sgd" else DILOCO), "--compress", "qsgd:bits=4"]
+    """Residuals, the anchor (θ_start), gossip's public copies and qsgd's generator are in the
+    checkpoint: 20 + 20 steps = 40 steps. Every 3 steps a synchronisation, so the split falls between two."""
+    args = [*{"local-sgd": LOCAL, "diloco": DILOCO, "gossip": GOSSIP}[strategy], "--compress", "qsgd:bits=4"]
     whole = train(tmp_path / "whole", *args, "--steps", "40")
     train(tmp_path / "split", *args, "--steps", "20")
     result = agentsync("train", "--resume", str(tmp_path / "split"), "--steps", "40")
@@ -221,3 +271,119 @@ def test_compressed_run_resumes_exactly(tmp_path, strategy):
     assert_identical(final_model(tmp_path / "split"), final_model(tmp_path / "whole"))
     resumed = json.loads((tmp_path / "split" / "summary.json").read_text())
     assert resumed["comm"]["bytes_sent"] == whole["comm"]["bytes_sent"]
+
+
+# -- parameter servers: workers push through the codec, servers decode -----------------------
+PS = ["--set", "eval_every=0", *SGD]
+
+
+def push_bytes(spec: str, n: int) -> int:
+    """One push on the wire: the int64 header (8 float32 slots) and the encoded bytes in float32 slots."""
+    return 32 + 4 * math.ceil(analytic_nbytes(spec, n) / 4)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("strategy,workers", [("ps-sync", 2), ("ps-async", 1)])
+def test_ps_none_and_lossless_topk_are_bit_identical(tmp_path, strategy, workers):
+    """ps-async with one worker is deterministic; ssp is ps-async with a bound, the same push path."""
+    args = ["--strategy", strategy, "--workers", str(workers), "--steps", "20", *PS]
+    plain = train(tmp_path / "plain", *args)
+    runs = ["none", "topk:ratio=1.0"] if strategy == "ps-sync" else ["topk:ratio=1.0"]
+    for spec in runs:
+        summary = train(tmp_path / spec, *args, "--compress", spec)
+        assert_identical(final_model(tmp_path / spec), final_model(tmp_path / "plain"))
+    n = sum(t.numel() for t in final_model(tmp_path / "plain").values())
+    for before, after in zip(plain["comm_per_rank"], summary["comm_per_rank"]):
+        if after["rank"] < workers:  # a worker pushes values and indices, gets the dense shard back
+            assert after["bytes_sent"] == 20 * push_bytes("topk:ratio=1.0", n) == 20 * (32 + 8 * n)
+            assert after["bytes_received"] == before["bytes_received"] == 20 * (32 + 4 * n)
+        else:
+            assert after["bytes_received"] == workers * 20 * (32 + 8 * n)
+
+
+@pytest.mark.timeout(300)
+def test_easgd_with_a_lossless_codec_is_easgd(tmp_path):
+    """One worker (deterministic), an exchange every 2 steps: the public copy θ̂ equals θ after each
+    push, so the elastic move is plain easgd's up to rounding; the pushes carry values and indices."""
+    args = ["--strategy", "easgd", "--set", "strategy.tau=2", "--workers", "1", "--steps", "20", *PS]
+    train(tmp_path / "plain", *args)
+    summary = train(tmp_path / "lossless", *args, "--compress", "topk:ratio=1.0")
+    plain, lossless = final_model(tmp_path / "plain"), final_model(tmp_path / "lossless")
+    for key in plain:
+        assert torch.allclose(lossless[key], plain[key], rtol=0, atol=1e-6), key
+    n = sum(t.numel() for t in plain.values())
+    worker = next(r for r in summary["comm_per_rank"] if r["rank"] == 0)
+    assert worker["bytes_sent"] == 10 * push_bytes("topk:ratio=1.0", n)
+
+
+@pytest.mark.timeout(300)
+def test_compressed_ps_sync_resumes_exactly_and_counts_the_encoded_pushes(tmp_path):
+    """The workers' residuals and generators travel in the checkpoint: 10 + 10 steps = 20 steps.
+    (easgd does not resume exactly even uncompressed: a finished worker takes the center.)"""
+    strategy, workers = "ps-sync", 2
+    args = ["--strategy", strategy, "--workers", str(workers), *PS, "--compress", "qsgd:bits=4"]
+    whole = train(tmp_path / "whole", *args, "--steps", "20")
+    train(tmp_path / "split", *args, "--steps", "10")
+    result = agentsync("train", "--resume", str(tmp_path / "split"), "--steps", "20")
+    assert result.returncode == 0, result.stderr
+    assert_identical(final_model(tmp_path / "split"), final_model(tmp_path / "whole"))
+    resumed = json.loads((tmp_path / "split" / "summary.json").read_text())
+    n = sum(t.numel() for t in final_model(tmp_path / "whole").values())
+    for a, b in zip(whole["comm_per_rank"], resumed["comm_per_rank"]):
+        keys = ("rank", "bytes_sent", "bytes_received", "messages")
+        assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
+        if a["rank"] < workers:
+            assert a["bytes_sent"] == 20 * push_bytes("qsgd:bits=4", n)
+
+
+# -- gossip: CHOCO-SGD, public copies and compressed differences --------------------------------
+@pytest.fixture(scope="module")
+def choco(tmp_path_factory):
+    out = tmp_path_factory.mktemp("choco")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4",
+                             str(ROOT / "tests/scripts/choco_mixing.py"), str(out)],
+                            capture_output=True, text=True, timeout=150, env=ENV, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    return json.loads((out / "choco.json").read_text())
+
+
+@pytest.mark.timeout(200)
+def test_choco_gossip_with_a_lossless_codec_is_gossip(choco):
+    """x̂ = x after each exchange, so x_i + (1 − α)(x_j − x_i) = α x_i + (1 − α) x_j up to rounding:
+    the same trajectory of consensus distances (W = 4, ring, α = 0.75), to float32 precision."""
+    plain, lossless = choco["none"]["distances"], choco["topk:ratio=1.0"]["distances"]
+    assert plain[-1] < 1e-3 * plain[0]
+    assert lossless == pytest.approx(plain, rel=1e-5, abs=1e-5)
+    assert choco["topk:ratio=1.0"]["bytes_sent"] == 2 * choco["none"]["bytes_sent"]  # values and indices
+
+
+@pytest.mark.timeout(200)
+def test_choco_gossip_with_top_k_reaches_consensus(choco):
+    """lr 0, top 10 % of 36 parameters per exchange (γ = 0.2): the distance falls below 1 % of its start,
+    and each round sends the encoded payload only (4 values + 4 indices)."""
+    run = choco["topk:ratio=0.1"]
+    assert run["distances"][-1] < 1e-2 * run["distances"][0]
+    assert run["bytes_sent"] == 100 * analytic_nbytes("topk:ratio=0.1", 36) == 100 * 32
+
+
+# -- advise: codec bytes and measured encode/decode in the step-time model -----------------------
+def test_advise_models_the_encoded_payload_and_warns_for_lossy_codecs():
+    from agentsync.comm import NetSim
+    from agentsync.config import load_config
+    from agentsync.report.advise import model_bytes, predict
+
+    net, workers = NetSim.parse("latency=0ms,bandwidth=100Mbit"), 4
+
+    def run(strategy, spec):
+        cfg = load_config(None, flags={"strategy.name": strategy, "workers": workers, "comm.compression": spec})
+        return predict(cfg, net, compute_s=0.0, nbytes=model_bytes(cfg), cores=workers)
+
+    dense, half, sparse = run("allreduce", "none"), run("allreduce", "fp16"), run("allreduce", "topk:ratio=0.01")
+    n = model_bytes(load_config(None, flags={})) // 4
+    assert half.bytes_per_step == dense.bytes_per_step / 2  # fp16 is all-reduced: the ring's bytes halve
+    assert sparse.bytes_per_step == (workers - 1) * analytic_nbytes("topk:ratio=0.01", n)  # all-gathered
+    assert sparse.comm_s == pytest.approx(sparse.bytes_per_step / net.bandwidth_Bps)
+    assert sparse.codec_s > 0 and sparse.step_time_s == sparse.codec_s + sparse.comm_s
+    assert "residual" in sparse.warning and half.warning == "" and dense.codec == "none"
+    push = run("ps-sync", "topk:ratio=0.01")  # encoded push, dense answer: headers on both
+    assert push.bytes_per_step == analytic_nbytes("topk:ratio=0.01", n) + 32

@@ -46,8 +46,10 @@ def make_strategy(name: str, *, workers: int | None = None, servers: int = 1, **
 
 
 def strategy_for_group(name: str, comm: Comm, *, workers: int, servers: int, **options: Any) -> Strategy:
-    """A strategy over ``comm`` (the whole job, or one pipeline stage's group), options validated."""
-    cfg = build_config({"workers": workers, "servers": servers, "strategy": {"name": name, **options}})
+    """A strategy over ``comm`` (the whole job, or one pipeline stage's group), options validated
+    together with the codec in use."""
+    cfg = build_config({"workers": workers, "servers": servers, "strategy": {"name": name, **options},
+                        "comm": {"compression": comm.config.compression}})
     if cfg.world_size != comm.world_size:
         raise ConfigError(f"strategy {name!r} with {workers} workers needs {cfg.world_size} processes, "
                           f"but the group has {comm.world_size}")

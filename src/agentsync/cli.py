@@ -141,6 +141,8 @@ def add_advise_parser(commands) -> None:
     advise.add_argument("--strategies", metavar="A,B,...", help="default: every strategy but none")
     advise.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.OPTION=VALUE",
                         help="override an option (repeatable), e.g. strategy.period=8")
+    advise.add_argument("--compress", metavar="CODEC,...",
+                        help="codecs as a dimension, e.g. none,fp16,topk:ratio=0.01 (strategies that take them)")
     advise.add_argument("--calibrate", action="store_true",
                         help="measure each strategy's loopback step time with real processes (slower, closer)")
     advise.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -232,6 +234,8 @@ def print_summary(run_dir: Path) -> None:
     table.add_row("time communicating (all ranks)", f"{s['comm']['comm_time_s']:.2f} s")
     if s.get("pipeline_comm"):
         table.add_row("pipeline bytes sent (all ranks)", f"{s['pipeline_comm']['bytes_sent'] / 1e6:.2f} MB")
+    if s["comm"].get("codec_time_s"):
+        table.add_row("time encoding/decoding (all ranks)", f"{s['comm']['codec_time_s']:.2f} s")
     if s.get("consensus_distance") is not None:
         table.add_row("consensus distance", f"{s['consensus_distance']:.4g}")
     if s.get("lost_ranks"):

@@ -59,7 +59,7 @@ class CommConfig(Options):
     """Simulated network, e.g. latency=20ms,bandwidth=1Gbit: every message arrives latency + bytes/bandwidth late."""
     compression: str = "none"
     """Codec for what the strategy sends, as NAME[:KEY=VALUE...]: none, fp16, bf16, int8, qsgd:bits=4, sign,
-    topk:ratio=0.01, randk:ratio=0.01; with error feedback (allreduce, local-sgd, diloco; see docs/compression.md)."""
+    topk:ratio=0.01, randk:ratio=0.01, powersgd:rank=2; with error feedback (see docs/compression.md)."""
 
     def validate(self, section: str) -> None:
         choice(self.backend, f"{section}.backend", ("auto", "gloo", "nccl"))
@@ -136,6 +136,8 @@ class CommStats:
     bytes_received: int = 0
     messages: int = 0
     comm_time_s: float = 0.0
+    codec_time_s: float = 0.0
+    """Seconds spent encoding and decoding compressed payloads (compute, apart from ``comm_time_s``)."""
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -143,7 +145,7 @@ class CommStats:
     def load(self, saved: dict) -> None:
         """Continue from a checkpoint's counters, so cumulative figures stay cumulative on resume."""
         for f in dataclasses.fields(self):
-            setattr(self, f.name, type(getattr(self, f.name))(saved[f.name]))
+            setattr(self, f.name, type(getattr(self, f.name))(saved.get(f.name, getattr(self, f.name))))
 
 
 class ByteMeter:

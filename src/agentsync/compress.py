@@ -21,8 +21,10 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import time
 
 import torch
 
@@ -213,9 +215,28 @@ class RandK(Seeded):
         return dense.view(encoded.shape)
 
 
-CODECS = ("none", "fp16", "bf16", "int8", "qsgd", "sign", "topk", "randk")
+class PowerSGD(Codec):
+    """Rank-``rank`` approximation of each gradient matrix, P Q^T (Vogels et al., 2019): the transport
+    all-reduces P = M Q, orthogonalises it, all-reduces Q = M^T P (see
+    :func:`agentsync.sync.compressed.power_sum`); Q is kept for the next step (warm start), and the
+    first ``start`` steps are plain all-reduces. Needs the payload's matrix shapes, so only the
+    all-reduce strategy (per bucket, per parameter) takes it; not a per-tensor encode/decode."""
+
+    linear, low_rank = True, True
+
+    def __init__(self, rank: int, start: int, seed: int) -> None:
+        self.name, self.rank, self.start, self.seed = f"powersgd:rank={rank}", rank, start, seed
+
+    def encode(self, x: torch.Tensor) -> Encoded:
+        raise TypeError("powersgd is a two-round transport, not a per-tensor encoding (see power_sum)")
+
+    decode = encode
+
+
+CODECS = ("none", "fp16", "bf16", "int8", "qsgd", "sign", "topk", "randk", "powersgd")
 OPTIONS = {"none": (), "fp16": (), "bf16": (), "sign": (), "int8": ("chunk", "seed"),
-           "qsgd": ("bits", "chunk", "seed"), "topk": ("ratio",), "randk": ("ratio", "seed")}
+           "qsgd": ("bits", "chunk", "seed"), "topk": ("ratio",), "randk": ("ratio", "seed"),
+           "powersgd": ("rank", "start", "seed")}
 
 
 def is_none(spec: str) -> bool:
@@ -266,6 +287,9 @@ def build_codec(name: str, opts: dict, rank: int) -> Codec:
         return QSGD(bits, chunk, seed * 1_000_003 + rank)
     if name == "sign":
         return Sign()
+    if name == "powersgd":
+        return PowerSGD(number(opts, "rank", int, 2, lambda v: v >= 1, "an int >= 1"),
+                        number(opts, "start", int, 0, lambda v: v >= 0, "an int >= 0"), seed)
     ratio = number(opts, "ratio", float, 0.01, lambda v: 0 < v <= 1, "in (0, 1]")
     return TopK(ratio) if name == "topk" else RandK(ratio, seed)
 
@@ -299,22 +323,55 @@ class ErrorFeedback:
 
 class Compression:
     """A strategy's codec and one error-feedback memory per payload it sends (a bucket, the flat
-    parameters), created on first use; checkpointed with the strategy so resume is exact."""
+    parameters), created on first use; checkpointed with the strategy so resume is exact.
 
-    def __init__(self, codec: Codec) -> None:
-        self.codec = codec
+    ``copies`` holds other tensors a transport keeps between steps: CHOCO gossip's public copies
+    (:func:`agentsync.sync.compressed.choco_exchange`: the copy is the memory, x − x̂ what is still
+    to send), PowerSGD's warm-start Q and residuals (:func:`agentsync.sync.compressed.power_sum`)."""
+
+    def __init__(self, codec: Codec, stats=None) -> None:
+        self.codec, self.stats = codec, stats
+        """``stats``: a :class:`~agentsync.comm.CommStats` whose ``codec_time_s`` gets the encode/decode time."""
         self.feedback: dict[str, ErrorFeedback] = {}
+        self.copies: dict[str, torch.Tensor] = {}
+
+    @contextlib.contextmanager
+    def timed(self):
+        """Count the time inside as encoding/decoding (compute, not communication)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.stats is not None:
+                self.stats.codec_time_s += time.perf_counter() - start
+
+    def encode(self, x: torch.Tensor) -> Encoded:
+        with self.timed():
+            return self.codec.encode(x)
+
+    def decode(self, encoded: Encoded) -> torch.Tensor:
+        with self.timed():
+            return self.codec.decode(encoded)
+
+    def copy(self, key: str, like: torch.Tensor) -> torch.Tensor:
+        """The public copy named ``key``, zeros (shaped as ``like``) until something is sent into it."""
+        if key not in self.copies:
+            self.copies[key] = torch.zeros_like(like)
+        return self.copies[key]
 
     def compress(self, key: str, x: torch.Tensor) -> Encoded:
         if key not in self.feedback:
             self.feedback[key] = ErrorFeedback(self.codec)
-        return self.feedback[key].compress(x)
+        with self.timed():
+            return self.feedback[key].compress(x)
 
     def state_dict(self) -> dict:
         return {"codec": self.codec.state_dict(),
-                "feedback": {k: f.state_dict() for k, f in self.feedback.items()}}
+                "feedback": {k: f.state_dict() for k, f in self.feedback.items()},
+                "copies": {k: c.clone() for k, c in self.copies.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.codec.load_state_dict(state["codec"])
         for key, saved in state["feedback"].items():
             self.feedback.setdefault(key, ErrorFeedback(self.codec)).load_state_dict(saved)
+        self.copies = {k: c.clone() for k, c in state.get("copies", {}).items()}

@@ -18,13 +18,12 @@ import tomli_w
 
 from agentsync.actors import ActorsConfig
 from agentsync.comm import CommConfig, parse_faults, parse_stragglers
-from agentsync.compress import is_none
 from agentsync.errors import ConfigError
 from agentsync.optim import OptimizerConfig
 from agentsync.parallel import Layout, ParallelConfig
 from agentsync.options import Options, check, choice, coerce
 from agentsync.sync import StrategyConfig, strategy_class
-from agentsync.sync.base import compression_refused
+from agentsync.sync.base import check_compression
 from agentsync.tasks import TASKS, TaskConfig, task_class
 
 LAUNCHERS = ("local", "torchrun", "ray")
@@ -121,8 +120,7 @@ class RunConfig(Options):
         check(self.log_every >= 1, "log_every", ">= 1", self.log_every)
         for name in SECTIONS:
             getattr(self, name).validate(name)
-        if not is_none(self.comm.compression) and not strategy_class(self.strategy.name).supports_compression:
-            raise ConfigError(compression_refused(self.strategy.name, self.comm.compression))
+        check_compression(strategy_class(self.strategy.name), self.strategy.name, self.comm.compression)
         if hasattr(self.strategy, "validate_run"):
             self.strategy.validate_run(self)
         self._validate_actors()

@@ -21,7 +21,7 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 TENSORBOARD = "tb"
 
-COMM_FIELDS = ("bytes_sent", "bytes_received", "messages", "comm_time_s")
+COMM_FIELDS = ("bytes_sent", "bytes_received", "messages", "comm_time_s", "codec_time_s")
 """Cumulative per-rank counters; a train event's go under ``comm/``."""
 SYNC_FIELDS = ("consensus_distance", "clock_gap")
 """What a strategy measures about the replicas' agreement (with ``staleness*``); tagged ``sync/``."""

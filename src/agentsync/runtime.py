@@ -343,7 +343,8 @@ class Worker:
     def _summary(self, metrics: dict, payloads: list[dict]) -> dict:
         cfg, wall = self.cfg, self._elapsed()
         stats = [p["stats"] for p in payloads]
-        comm = {k: sum(s[k] for s in stats) for k in ("bytes_sent", "bytes_received", "messages", "comm_time_s")}
+        comm = {k: sum(s[k] for s in stats) for k in ("bytes_sent", "bytes_received", "messages", "comm_time_s",
+                                                            "codec_time_s")}
         samples = sum(p["samples"] for p in payloads)
         summary = {
             "task": cfg.task.name, "strategy": cfg.strategy.name, "workers": cfg.workers,

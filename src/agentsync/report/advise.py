@@ -1,6 +1,10 @@
 """``agentsync advise``: predicted per-step time of every strategy for a task, W workers and a network.
 
-    step time = compute × max(1, W / cores) + the strategy's communication (``report/costs.py``)
+    step time = compute × max(1, W / cores) + encode/decode + the strategy's communication (``report/costs.py``)
+
+With a codec (``--compress``, a dimension like the strategies) the communication is that of the
+encoded payload, and encoding/decoding a model-sized tensor is measured here too (a gathered
+codec decodes W payloads); codecs known to cost convergence are warned about.
 
 With P pipeline stages (``--stages P``, M = ``parallel.microbatches``) each rank computes 1/P of
 the model, the schedule leaves it idle for the bubble, and activations cross the stage boundaries:
@@ -28,8 +32,10 @@ from pathlib import Path
 import torch
 
 from agentsync.comm import NetSim
+from agentsync.compress import Codec, is_none, parse_codec
 from agentsync.config import RunConfig, load_config
-from agentsync.report.costs import step_cost
+from agentsync.errors import ConfigError
+from agentsync.report.costs import TRANSPORTS, compressed_step_cost, period, step_cost
 from agentsync.tasks import build_task
 
 # Strategies whose steps buy less progress than allreduce's: the advice says so next to the time.
@@ -41,6 +47,15 @@ CONVERGENCE_WARNINGS = {
     "diloco": "replicas drift between outer steps: needs more steps per unit of accuracy",
     "easgd": "elastic averaging: replicas explore apart, more steps than allreduce",
     "ensemble": "no sharing: each member learns from 1/W of the data",
+}
+
+
+# Codecs whose steps buy less progress than uncompressed ones, even with error feedback.
+CODEC_WARNINGS = {
+    "sign": "1 bit per coordinate (biased): slower convergence, more so at small batches",
+    "topk": "most coordinates wait in the residual: at small ratios expect more steps",
+    "randk": "random coordinates wait in the residual: more steps than top-k at the same ratio",
+    "qsgd": "stochastic rounding adds variance: more steps, most at 2 bits",
 }
 
 
@@ -60,6 +75,9 @@ class Prediction:
     """Seconds per step the activations and their gradients take on the critical path."""
     pipeline_bytes_per_step: float = 0.0
     """Activation and activation-gradient bytes a middle stage sends per step."""
+    codec: str = "none"
+    codec_s: float = 0.0
+    """Encode and decode seconds per step (compute, measured here)."""
 
 
 def model_bytes(cfg: RunConfig) -> int:
@@ -114,44 +132,70 @@ def measure_compute(cfg: RunConfig, steps: int = 20, warmup: int = 5) -> float:
         torch.set_num_threads(threads)
 
 
+def measure_codec(codec: Codec, nbytes: int, decodes: int, repeats: int = 5) -> tuple[int, float]:
+    """Encoded bytes of a model-sized float32 tensor, and seconds to encode it once and decode ``decodes`` times."""
+    x = torch.randn(nbytes // 4, generator=torch.Generator().manual_seed(0))
+    start = time.perf_counter()
+    for _ in range(repeats):
+        encoded = codec.encode(x)
+        for _ in range(decodes):
+            codec.decode(encoded)
+    return codec.nbytes(encoded), (time.perf_counter() - start) / repeats
+
+
 def predict(cfg: RunConfig, net: NetSim, compute_s: float, nbytes: int, cores: int | None = None,
             shape: PipelineShape | None = None) -> Prediction:
     """One strategy's prediction; ``compute_s`` is one worker's step alone on a core, ``nbytes`` the
     model's size, ``shape`` the split model where ``parallel.stages`` > 1."""
     cores = cores or os.cpu_count() or 1
-    warning = CONVERGENCE_WARNINGS.get(cfg.strategy.name, "") if cfg.workers > 1 else ""
-    if shape is None or cfg.parallel.stages == 1:
-        cost = step_cost(cfg.strategy, net, nbytes, cfg.workers, cfg.servers)
-        compute = compute_s * max(1.0, cfg.workers / cores)
-        return Prediction(cfg.strategy.name, compute + cost.seconds, compute, cost.seconds, cost.bytes_sent,
-                          cost.note, warning)
-    stages, m = cfg.parallel.stages, cfg.parallel.microbatches
+    warnings = [CONVERGENCE_WARNINGS.get(cfg.strategy.name, "") if cfg.workers > 1 else ""]
+    stages, m = (cfg.parallel.stages, cfg.parallel.microbatches) if shape is not None else (1, 1)
     bubble = (stages - 1) / (m + stages - 1)
     compute = compute_s / stages / (1 - bubble) * max(1.0, stages * cfg.workers / cores)
-    hops = 2 * (m + stages - 2) * net.message(shape.boundary_bytes)
-    cost = step_cost(cfg.strategy, net, shape.stage_bytes, cfg.workers, cfg.servers)
-    note = f"{cost.note}; P={stages}, M={m}: bubble {bubble:.0%}"
-    return Prediction(cfg.strategy.name, compute + hops + cost.seconds, compute, cost.seconds + hops,
-                      cost.bytes_sent + 2 * m * shape.boundary_bytes, note, warning, stages, bubble, hops,
-                      2 * m * shape.boundary_bytes)
+    synced = shape.stage_bytes if shape is not None else nbytes  # what one strategy instance synchronizes
+    hops = 2 * (m + stages - 2) * net.message(shape.boundary_bytes) if shape is not None else 0.0
+    activations = 2 * m * shape.boundary_bytes if shape is not None else 0
+    spec, codec_s = cfg.comm.compression, 0.0
+    if is_none(spec):
+        cost = step_cost(cfg.strategy, net, synced, cfg.workers, cfg.servers)
+    else:
+        codec = parse_codec(spec)
+        if getattr(codec, "low_rank", False):
+            raise ConfigError(f"advise --compress {spec}: powersgd's bytes depend on the model's matrices and are not "
+                              "modelled yet; codecs advise models: fp16, bf16, int8, qsgd, sign, topk, randk")
+        gathered = TRANSPORTS[cfg.strategy.name] == "collective" and not codec.linear
+        wire, codec_s = measure_codec(codec, synced, cfg.workers if gathered else 1)
+        cost = compressed_step_cost(cfg.strategy, net, synced, wire, codec.linear, cfg.workers, cfg.servers)
+        codec_s /= period(cfg.strategy)  # encoded once per synchronisation
+        warnings.append(CODEC_WARNINGS.get(spec.split(":")[0], ""))
+    note = cost.note + (f"; P={stages}, M={m}: bubble {bubble:.0%}" if stages > 1 else "")
+    return Prediction(cfg.strategy.name, compute + codec_s + hops + cost.seconds, compute, cost.seconds + hops,
+                      cost.bytes_sent + activations, note, "; ".join(w for w in warnings if w), stages, bubble,
+                      hops, activations, spec, codec_s)
 
 
 def advise(task: str, strategies: list[str], workers: int, net: NetSim, *, servers: int = 1,
            overrides: list[str] = (), base_step_s: dict[str, float] | None = None,
-           stages: int = 1) -> list[Prediction]:
-    """Predictions for ``strategies``, fastest first. ``base_step_s`` (from a calibration) replaces
-    the compute model by a measured loopback step time per strategy."""
+           stages: int = 1, compressions: list[str] = ("none",)) -> list[Prediction]:
+    """Predictions for ``strategies`` × ``compressions`` (where a strategy takes the codec), fastest
+    first. ``base_step_s`` (from a calibration) replaces the compute model by a measured loopback
+    step time per strategy."""
     predictions, compute, nbytes, shape = [], None, None, None
     for name in strategies:
-        cfg = load_config(None, flags={"task.name": task, "strategy.name": name, "workers": workers,
-                                       "servers": servers, "parallel.stages": stages}, overrides=list(overrides))
-        if compute is None:
-            compute, nbytes = measure_compute(cfg), model_bytes(cfg)
-            shape = pipeline_shape(cfg) if stages > 1 else None
-        p = predict(cfg, net, compute, nbytes, shape=shape)
-        if base_step_s and name in base_step_s:
-            p = dataclasses.replace(p, compute_s=base_step_s[name], step_time_s=base_step_s[name] + p.comm_s)
-        predictions.append(p)
+        for spec in compressions:
+            if not is_none(spec) and name not in TRANSPORTS:
+                continue
+            cfg = load_config(None, flags={"task.name": task, "strategy.name": name, "workers": workers,
+                                           "servers": servers, "parallel.stages": stages,
+                                           "comm.compression": spec}, overrides=list(overrides))
+            if compute is None:
+                compute, nbytes = measure_compute(cfg), model_bytes(cfg)
+                shape = pipeline_shape(cfg) if stages > 1 else None
+            p = predict(cfg, net, compute, nbytes, shape=shape)
+            if base_step_s and name in base_step_s:
+                base = base_step_s[name]
+                p = dataclasses.replace(p, compute_s=base, step_time_s=base + p.codec_s + p.comm_s)
+            predictions.append(p)
     return sorted(predictions, key=lambda p: p.step_time_s)
 
 
@@ -176,8 +220,9 @@ def advise_from_args(args) -> tuple[NetSim, list[Prediction]]:
     names = [s.strip() for s in args.strategies.split(",")] if args.strategies else [s for s in STRATEGIES if s != "none"]
     overrides = [*args.overrides, f"parallel.stages={args.stages}"]
     base = calibrate(args.task, names, args.workers, args.servers, overrides) if args.calibrate else None
+    compressions = [c.strip() for c in args.compress.split(",")] if getattr(args, "compress", None) else ["none"]
     return net, advise(args.task, names, args.workers, net, servers=args.servers, overrides=args.overrides,
-                       base_step_s=base, stages=args.stages)
+                       base_step_s=base, stages=args.stages, compressions=compressions)
 
 
 def print_advice(net: NetSim, args, predictions: list[Prediction]) -> None:
@@ -189,13 +234,15 @@ def print_advice(net: NetSim, args, predictions: list[Prediction]) -> None:
     table = Table(title=f"{args.task} · W = {args.workers}{stages} · latency {net.latency_s * 1e3:.3g} ms · {bandwidth}",
                   caption=("base step time measured by short loopback runs" if args.calibrate else
                            f"compute per step, measured here (with W/cores contention): {predictions[0].compute_s * 1e3:.3g} ms") if predictions else None)
-    for column in ("#", "strategy", "step time", "network", "bytes / step", "why"):
+    for column in ("#", "strategy", "step time", "codec", "network", "bytes / step", "why"):
         table.add_column(column, justify="left" if column in ("strategy", "why") else "right")
     for i, p in enumerate(predictions, 1):
-        table.add_row(str(i), p.strategy + (" ⚠" if p.warning else ""), f"{p.step_time_s * 1e3:.3g} ms",
-                      f"{p.comm_s * 1e3:.3g} ms", f"{p.bytes_per_step / 1e3:.3g} kB", p.note)
+        label = p.strategy + ("" if is_none(p.codec) else f" +{p.codec}")
+        table.add_row(str(i), label + (" ⚠" if p.warning else ""), f"{p.step_time_s * 1e3:.3g} ms",
+                      f"{p.codec_s * 1e3:.3g} ms", f"{p.comm_s * 1e3:.3g} ms", f"{p.bytes_per_step / 1e3:.3g} kB", p.note)
     console = Console(width=max(Console().width, 110))
     console.print(table)
     for p in predictions:
         if p.warning:
-            console.print(f"⚠ {p.strategy}: {p.warning}", highlight=False)
+            label = p.strategy + ("" if is_none(p.codec) else f" +{p.codec}")
+            console.print(f"⚠ {label}: {p.warning}", highlight=False)

@@ -67,3 +67,31 @@ COSTS: dict[str, Cost] = {
 def step_cost(config, net: NetSim, model_bytes: int, workers: int, servers: int) -> StepCost:
     """The communication cost of one step of ``config.name`` (a strategy's config)."""
     return COSTS[config.name](config, net, model_bytes, workers, servers)
+
+
+TRANSPORTS = {"allreduce": "collective", "local-sgd": "collective", "diloco": "collective", "gossip": "exchange",
+              "ps-sync": "push", "ps-async": "push", "ssp": "push", "easgd": "push"}
+"""How each compressing strategy's codec stage travels (see :mod:`agentsync.sync.compressed`)."""
+
+
+def period(config) -> int:
+    """Steps between a strategy's synchronisations (1: every step)."""
+    return next((getattr(config, k) for k in ("period", "inner_steps", "tau") if hasattr(config, k)), 1)
+
+
+def compressed_step_cost(config, net: NetSim, model_bytes: int, wire_bytes: int, linear: bool, workers: int,
+                         servers: int) -> StepCost:
+    """The communication cost of one step when the payload travels encoded in ``wire_bytes``: a linear
+    codec all-reduces, any other all-gathers (W − 1 payloads each way); a push is encoded, its answer
+    dense; a gossip exchange sends the encoded difference."""
+    transport = TRANSPORTS[config.name]
+    if transport == "collective" and linear:
+        cost = StepCost.all_reduce(net, wire_bytes, workers)
+    elif transport == "collective":
+        cost = StepCost(net.all_gather(wire_bytes, workers), (workers - 1) * wire_bytes)
+    elif transport == "exchange":
+        cost = StepCost(net.message(wire_bytes), wire_bytes)
+    else:
+        push, pull = wire_bytes / servers + HEADER_BYTES, model_bytes / servers + HEADER_BYTES
+        cost = StepCost(net.message(push) + net.message(pull), servers * push)
+    return cost.every(period(config), f"{transport} of {wire_bytes / 1e3:.3g} kB encoded")

@@ -13,7 +13,8 @@ and :meth:`step` — clipping, logging, scaling — acts on the averaged gradien
 buffers, broadcasts worker 0's buffers, as DDP's ``broadcast_buffers`` keeps them equal.
 Under ``comm.compression`` each bucket goes through the codec stage instead of a plain all-reduce
 (:func:`~agentsync.sync.compressed.all_sum_async`, error feedback per bucket); ``p.grad`` still
-holds the (decoded) average when backward returns.
+holds the (decoded) average when backward returns. ``powersgd`` all-reduces each bucket's low-rank
+factors P and Q per parameter matrix (two dependent rounds, so that bucket waits in place).
 """
 from __future__ import annotations
 
@@ -101,6 +102,7 @@ class AllReduce(Strategy):
     Config = AllReduceConfig
     description = "average gradients every step by bucketed all-reduce (DDP); replicas identical"
     supports_compression = True
+    takes_low_rank = True
 
     def _setup(self) -> None:
         super()._setup()
@@ -147,7 +149,8 @@ class AllReduce(Strategy):
             if self.compression is None:
                 bucket.work = self.comm.all_reduce_async(bucket.buffer)
             else:  # the buffer holds g_i / W: the decoded sum is the average
-                bucket.work = all_sum_async(self.comm, self.compression, f"bucket{self._next}", bucket.buffer)
+                bucket.work = all_sum_async(self.comm, self.compression, f"bucket{self._next}", bucket.buffer,
+                                            [p.shape for p in bucket.params])
             self._next += 1
 
     def _reduce_all(self) -> None:

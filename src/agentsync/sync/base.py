@@ -65,6 +65,10 @@ class Strategy(abc.ABC):
     """Why a run cannot resume on another worker count ("" where it can: the state is resharded)."""
     supports_compression: ClassVar[bool] = False
     """True where ``comm.compression`` applies: the strategy sends its payloads through a codec."""
+    refused_codecs: ClassVar[dict[str, str]] = {}
+    """Codecs this strategy refuses although it compresses, each with the reason (one line)."""
+    takes_low_rank: ClassVar[bool] = False
+    """True where the payload is laid out by parameter so a low-rank codec (powersgd) sees matrices."""
     max_steps: int | None = None
     """The run's step budget when the runtime drives the loop (lets global-step strategies stop early)."""
 
@@ -82,9 +86,8 @@ class Strategy(abc.ABC):
         """The codec stage, or None for ``none`` (today's uncompressed path, unchanged)."""
         if is_none(spec):
             return None
-        if not self.supports_compression:
-            raise ConfigError(compression_refused(self.config.name, spec))
-        return Compression(parse_codec(spec, rank=self.comm.rank))
+        check_compression(type(self), self.config.name, spec)
+        return Compression(parse_codec(spec, rank=self.comm.rank), self.comm.stats)
 
     @classmethod
     def world_size(cls, workers: int, servers: int) -> int:
@@ -217,6 +220,24 @@ class Strategy(abc.ABC):
         if self.compression is not None and "compression" in state:
             self.compression.load_state_dict(state["compression"])
         self._restored = state
+
+
+def check_compression(cls: type[Strategy], strategy: str, spec: str) -> None:
+    """Raise a one-line :class:`ConfigError` where strategy ``cls`` cannot send through codec ``spec``."""
+    if is_none(spec):
+        return
+    if not cls.supports_compression:
+        raise ConfigError(compression_refused(strategy, spec))
+    codec = spec.strip().split(":")[0]
+    if codec == "powersgd" and not cls.takes_low_rank:
+        raise ConfigError(f"comm.compression={spec} is not supported by strategy {strategy} (powersgd needs "
+                          "gradients laid out as parameter matrices); strategies that support powersgd: allreduce")
+    if codec in cls.refused_codecs:
+        from agentsync.sync import STRATEGIES  # the registry imports this module
+        able = ", ".join(name for name, other in STRATEGIES.items()
+                         if other.supports_compression and codec not in other.refused_codecs)
+        raise ConfigError(f"comm.compression={spec} is not supported by strategy {strategy} "
+                          f"({cls.refused_codecs[codec]}); strategies that support {codec}: {able}")
 
 
 def compression_refused(strategy: str, spec: str) -> str:

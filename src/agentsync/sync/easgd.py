@@ -5,6 +5,11 @@ steps a worker sends θ_i and the server, which holds the center θ̃, computes 
 moves the center θ̃ ← θ̃ + d and answers d, which the worker subtracts: θ_i ← θ_i − d. The
 elastic force pulls workers toward the center and the center toward the workers; the final
 model is the center (with the workers' mean buffers).
+
+Under ``comm.compression`` the worker sends the change of θ_i compressed: worker and server keep a
+public copy θ̂_i (CHOCO's scheme, :meth:`~agentsync.sync.compressed.Channel.encode_change`), the push
+moves it by the decoded change, the server computes d = α (θ̂_i − θ̃), and both sides subtract d from
+θ̂_i as the worker does from θ_i. What the codec drops stays in θ_i − θ̂_i and goes out later.
 """
 from __future__ import annotations
 
@@ -39,9 +44,14 @@ class ElasticWorker(WorkerRole):
     def payload(self, server: int) -> torch.Tensor:
         return flat(self.shard(server), self.comm.device)
 
+    def encode(self, server: int, payload: torch.Tensor) -> torch.Tensor:
+        return self.channels[server].encode_change(f"theta{server}", payload)
+
     @torch.no_grad()
     def take_(self, server: int, reply: torch.Tensor) -> None:
         unflat_(self.shard(server), flat(self.shard(server), self.comm.device) - reply)
+        if self.channels is not None:
+            self.channels[server].compression.copies[f"theta{server}"].sub_(reply)
 
 
 class CenterServer(ServerRole):
@@ -58,8 +68,13 @@ class CenterServer(ServerRole):
             self.rejected += 1
             self.answer(msg.worker, torch.zeros_like(center))
             return
-        move = self.alpha * (msg.payload - center)
+        theta = msg.payload
+        if self.channel is not None:  # the payload moves the worker's public copy θ̂_i
+            theta = self.channel.compression.copy(f"theta{msg.worker}", center).add_(msg.payload)
+        move = self.alpha * (theta - center)
         unflat_(self.shard, center + move)
+        if self.channel is not None:
+            theta.sub_(move)
         self.version += 1
         self.answer(msg.worker, move)
 
@@ -75,6 +90,7 @@ class EASGD(ParameterServer):
     Config = EASGDConfig
     Worker = ElasticWorker
     Server = CenterServer
+    supports_compression = True
     description = "elastic averaging: local steps, every tau steps an elastic exchange with a center on the servers"
 
     def _step(self) -> None:

@@ -48,6 +48,8 @@ class ParameterServer(Strategy):
     Worker: ClassVar[type[WorkerRole]] = WorkerRole
     Server: ClassVar[type[ServerRole]] = ServerRole
     tolerates_worker_loss = True
+    refused_codecs = {"randk": "its indices come from a generator the ranks advance in step, and a server "
+                               "hears the workers out of step"}
 
     def __init__(self, config: StrategyConfig, comm, *, num_workers: int | None = None) -> None:
         super().__init__(config, comm, num_workers=num_workers)
@@ -103,7 +105,8 @@ class ParameterServer(Strategy):
             leave_process(0)
 
     def build_worker(self, state: dict | None) -> WorkerRole:
-        return self.Worker(self.comm, self.layout, self.params, float_buffers(self.model), state)
+        return self.Worker(self.comm, self.layout, self.params, float_buffers(self.model), state,
+                           compression=self.compression)
 
     def build_server(self, servers_comm, state: dict | None) -> ServerRole:
         index = self.comm.rank - self.num_workers
@@ -111,7 +114,8 @@ class ParameterServer(Strategy):
         optimizer = type(self.optimizer)(shard, **self.optimizer.defaults)
         update = self.server_rule().build(optimizer, self.server_updates(), total_norm=self.server_norm(servers_comm))
         return self.Server(self.comm, servers_comm, self.layout, index, self.params, float_buffers(self.model),
-                           optimizer, update, self.comm.config.timeout_s, state, **self.server_options())
+                           optimizer, update, self.comm.config.timeout_s, state, compression=self.compression,
+                           **self.server_options())
 
     def server_options(self) -> dict:
         """The variant's own arguments to its server role."""

@@ -49,13 +49,14 @@ class PSAsync(ParameterServer):
     """Hogwild on a server: no worker ever waits for another."""
 
     Server = AsyncServer
+    supports_compression = True
     description = "asynchronous parameter server: each gradient applied on arrival (Downpour)"
     # Asynchrony already acts as momentum (Mitliagkas et al., 2016); SGD momentum on top diverges.
     preferred_optimizer = OptimizerConfig(momentum=0.0)
 
     def build_worker(self, state: dict | None) -> WorkerRole:
         return ClippingWorker(self.comm, self.layout, self.params, float_buffers(self.model), state,
-                              max_grad_norm=self.rule.max_grad_norm)
+                              max_grad_norm=self.rule.max_grad_norm, compression=self.compression)
 
     def server_rule(self) -> UpdateRule:
         return dataclasses.replace(self.rule, max_grad_norm=0.0)  # clipped on the worker already

@@ -32,7 +32,9 @@ import torch
 from torch import nn
 
 from agentsync.comm import Comm
+from agentsync.compress import Compression
 from agentsync.errors import JobFailed
+from agentsync.sync.compressed import Channel
 from agentsync.sync.ps_protocol import (HEADER_BYTES, Kind, Layout, Message, flat, listen, listener_comm,
                                         pack, unflat_)
 from agentsync.update import Update
@@ -48,12 +50,15 @@ class ServerRole:
         buffers: the model's floating-point buffers (server 0 sets the workers' mean into them).
         optimizer: this shard's optimizer; ``update`` the step contract over it.
         state: this role's saved state on a resumed run.
+        compression: the codec the workers push through (decoded here), or None.
     """
 
     def __init__(self, comm: Comm, servers_comm: Comm | None, layout: Layout, index: int,
                  params: list[nn.Parameter], buffers: list[torch.Tensor], optimizer: torch.optim.Optimizer | None,
-                 update: Update | None, timeout_s: float, state: dict | None = None) -> None:
+                 update: Update | None, timeout_s: float, state: dict | None = None, *,
+                 compression: Compression | None = None) -> None:
         self.comm, self.servers_comm, self.layout, self.index = comm, servers_comm, layout, index
+        self.channel = None if compression is None else Channel(compression, layout.numels[index], comm.device)
         self.params, self.buffers = params, buffers
         self.shard = [params[i] for i in layout.shards[index]]
         self.optimizer, self.update, self.timeout_s = optimizer, update, timeout_s
@@ -89,7 +94,9 @@ class ServerRole:
     def serve(self) -> None:
         """Answer the workers until every one is done or lost, then deliver the final shards."""
         listening = listener_comm(self.comm)
-        capacity = self.layout.numels[self.index] + (self.buffer_numel if self.index == 0 else 0)
+        push = self.layout.numels[self.index] if self.channel is None else max(self.layout.numels[self.index],
+                                                                                self.channel.slots)
+        capacity = push + (self.buffer_numel if self.index == 0 else 0)
         for w in range(self.layout.workers):
             threading.Thread(target=listen, args=(listening, w, capacity, self.inbox), daemon=True,
                              name=f"ps-listen-{w}").start()
@@ -118,6 +125,8 @@ class ServerRole:
             self.drop(msg.worker, msg.error)
         elif msg.kind == Kind.PUSH:
             self.count_received(msg.payload)
+            if self.channel is not None:
+                msg.payload = self.channel.decode(msg.payload)
             self.clocks[msg.worker] += 1
             self.on_push(msg)
         elif msg.kind == Kind.DONE:

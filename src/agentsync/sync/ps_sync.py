@@ -79,6 +79,7 @@ class PSSync(ParameterServer):
 
     Config = PSSyncConfig
     Server = SyncServer
+    supports_compression = True
     description = "synchronous parameter server; replicas_to_aggregate < W makes the slowest workers backups"
 
     @property

@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 from agentsync.comm import Comm
+from agentsync.compress import Compression
+from agentsync.sync.compressed import Channel
 from agentsync.sync.ps_protocol import HEADER, Kind, Layout, flat, pack, unflat_, unpack
 from agentsync.update import local_norm
 
@@ -24,11 +26,13 @@ class WorkerRole:
         params: the model's trainable parameters (what the shards index).
         buffers: the model's floating-point buffers, sent to server 0 with DONE to be averaged.
         state: this role's saved state on a resumed run.
+        compression: the codec stage of every push (its error feedback lives here), or None.
     """
 
     def __init__(self, comm: Comm, layout: Layout, params: list[nn.Parameter], buffers: list[torch.Tensor],
-                 state: dict | None = None) -> None:
+                 state: dict | None = None, *, compression: Compression | None = None) -> None:
         self.comm, self.layout, self.params, self.buffers = comm, layout, params, buffers
+        self.channels = None if compression is None else [Channel(compression, n, comm.device) for n in layout.numels]
         self.version = 0
         """The server version of the parameters this worker holds."""
         self.clock = 0
@@ -59,6 +63,10 @@ class WorkerRole:
         """Take the server's answer to a push: the fresh parameters of its shard."""
         unflat_(self.shard(server), reply)
 
+    def encode(self, server: int, payload: torch.Tensor) -> torch.Tensor:
+        """The push through the codec stage: the gradient shard with its error feedback."""
+        return self.channels[server].encode(f"push{server}", payload)
+
     # -- the exchanges -----------------------------------------------------------------------------
     def send(self, server: int, kind: Kind, payload: torch.Tensor) -> None:
         header = [int(kind), self.comm.rank, self.version, payload.numel()]
@@ -75,7 +83,8 @@ class WorkerRole:
         """Push to every server, then take every answer (all sends first: the servers work in parallel)."""
         servers = range(self.layout.servers)
         for s in servers:
-            self.send(s, Kind.PUSH, self.payload(s))
+            payload = self.payload(s)
+            self.send(s, Kind.PUSH, payload if self.channels is None else self.encode(s, payload))
         self.clock += 1
         for s in servers:
             self.take_(s, self.receive(s, self.layout.numels[s]))
