@@ -273,18 +273,18 @@ def test_a_figure_with_too_few_points_is_left_out_with_one_line(tmp_path):
 def test_compression_is_a_dimension_of_the_matrix(tmp_path):
     """--compress none,fp16 runs each strategy that sends through a codec with each codec, and the
     others with none only (said once); fp16 halves allreduce's bytes exactly (a model without buffers)."""
-    result = compare(tmp_path, "--task", "digits", "--strategies", "allreduce,gossip", "--compress", "none,fp16",
+    result = compare(tmp_path, "--task", "digits", "--strategies", "allreduce,ensemble", "--compress", "none,fp16",
                      "--workers", "2", "--steps", "12", "--set", "eval_every=0")
-    assert "left out gossip +fp16: these strategies send uncompressed" in result.stderr
+    assert "left out ensemble +fp16: these strategies send uncompressed" in result.stderr
     rows = read_rows(tmp_path)
-    assert sorted(r["strategy"] for r in rows.values()) == ["allreduce", "allreduce +fp16", "gossip"]
+    assert sorted(r["strategy"] for r in rows.values()) == ["allreduce", "allreduce +fp16", "ensemble"]
     by_label = {r["strategy"]: r for r in rows.values()}
-    assert by_label["allreduce +fp16"]["compression"] == "fp16" and by_label["gossip"]["compression"] == "none"
+    assert by_label["allreduce +fp16"]["compression"] == "fp16" and by_label["ensemble"]["compression"] == "none"
     assert int(by_label["allreduce +fp16"]["comm.bytes_sent"]) * 2 == int(by_label["allreduce"]["comm.bytes_sent"])
 
 
 def test_a_codec_no_strategy_of_the_study_can_use_is_one_line_and_exit_2(tmp_path):
-    result = agentsync("compare", "--out", str(tmp_path / "c"), "--strategies", "gossip", "--compress", "fp16")
+    result = agentsync("compare", "--out", str(tmp_path / "c"), "--strategies", "ensemble", "--compress", "fp16")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "none of the strategies sends through a codec" in result.stderr
     bad = agentsync("compare", "--out", str(tmp_path / "d"), "--compress", "zip")
