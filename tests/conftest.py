@@ -51,6 +51,13 @@ def agentsync(*args: str, timeout: float = 240, cwd: Path | None = None, env: di
                           timeout=timeout, cwd=cwd or ROOT, env=env or ENV)
 
 
+def torchrun_script(script: str, nproc: int, *args: str, timeout: float = 150) -> subprocess.CompletedProcess:
+    """Run ``tests/scripts/SCRIPT ARGS`` under ``torchrun --standalone`` with ``nproc`` processes."""
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+                           str(ROOT / "tests" / "scripts" / script), *args],
+                          capture_output=True, text=True, timeout=timeout, env=ENV, cwd=ROOT)
+
+
 def train(out: Path, *args: str, timeout: float = 240) -> dict:
     """Train into ``out`` and return its summary.json; fails the test with the CLI's output otherwise."""
     result = agentsync("train", "--out", str(out), *args, timeout=timeout)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,7 +14,7 @@ from agentsync.comm import Comm, CommConfig
 from agentsync.compress import Compression, ErrorFeedback, parse_codec
 from agentsync.errors import ConfigError
 from agentsync.sync.compressed import all_sum_async
-from conftest import ENV, ROOT, agentsync, train
+from conftest import agentsync, torchrun_script, train
 
 N = 3000
 SPECS = ["none", "fp16", "bf16", "int8", "qsgd:bits=4", "qsgd:bits=2", "sign", "topk:ratio=0.01",
@@ -340,9 +338,7 @@ def test_compressed_ps_sync_resumes_exactly_and_counts_the_encoded_pushes(tmp_pa
 @pytest.fixture(scope="module")
 def choco(tmp_path_factory):
     out = tmp_path_factory.mktemp("choco")
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4",
-                             str(ROOT / "tests/scripts/choco_mixing.py"), str(out)],
-                            capture_output=True, text=True, timeout=150, env=ENV, cwd=ROOT)
+    result = torchrun_script("choco_mixing.py", 4, str(out))
     assert result.returncode == 0, result.stderr
     return json.loads((out / "choco.json").read_text())
 

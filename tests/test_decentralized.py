@@ -3,8 +3,6 @@ RL tasks under ensemble, validation."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ import torch
 from agentsync.checkpoint import from_bytes
 from agentsync.cli import main
 from agentsync.sync.topology import TOPOLOGIES, mixing_matrix
-from conftest import ENV, ROOT, agentsync, read_jsonl, train
+from conftest import agentsync, read_jsonl, torchrun_script, train
 
 W = 4
 MODEL_BYTES = (64 * 128 + 128 + 128 * 128 + 128 + 128 * 10 + 10) * 4  # the digits MLP, float32
@@ -23,9 +21,7 @@ MODEL_BYTES = (64 * 128 + 128 + 128 * 128 + 128 + 128 * 10 + 10) * 4  # the digi
 @pytest.fixture(scope="module")
 def mixing(tmp_path_factory):
     out = tmp_path_factory.mktemp("mixing")
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                             str(W), str(ROOT / "tests/scripts/gossip_mixing.py"), str(out)],
-                            capture_output=True, text=True, timeout=150, env=ENV, cwd=ROOT)
+    result = torchrun_script("gossip_mixing.py", W, str(out))
     assert result.returncode == 0, result.stderr
     from scripts.gossip_mixing import ALPHA, ROUNDS  # noqa: E402  (the script's constants)
     initial = np.stack([torch.randn(36, generator=torch.Generator().manual_seed(100 + r)).numpy()
@@ -198,9 +194,7 @@ def test_ensemble_members_keep_their_own_buffers(tmp_path):
 @pytest.fixture(scope="module")
 def buffer_sync(tmp_path_factory):
     out = tmp_path_factory.mktemp("buffers")
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                             str(ROOT / "tests/scripts/buffer_sync.py"), str(out)],
-                            capture_output=True, text=True, timeout=150, env=ENV, cwd=ROOT)
+    result = torchrun_script("buffer_sync.py", 2, str(out))
     assert result.returncode == 0, result.stderr
     return {name: [torch.load(out / f"{name}-rank{r}.pt") for r in range(2)]
             for name in ("local-sgd", "diloco", "gossip")}

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,7 +12,7 @@ from agentsync.cli import main
 from agentsync.parallel import Layout
 from agentsync.parallel.split import balanced_split, stage_keys, stage_module, to_whole_keys
 from agentsync.tasks.charlm import CharLM, CharLMConfig
-from conftest import ENV, ROOT, agentsync, train
+from conftest import agentsync, torchrun_script, train
 from test_allreduce import LR, assert_close, single_process_reference
 
 STEPS = 20
@@ -179,9 +177,7 @@ def test_resume_with_two_stages_is_exact(tmp_path):
 
 @pytest.mark.timeout(180)
 def test_bring_your_own_pipelined_loop_matches_one_process(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                             str(ROOT / "tests/scripts/pipeline_byo.py"), str(tmp_path), str(STEPS), str(LR), "1f1b"],
-                            capture_output=True, text=True, timeout=150, env=ENV)
+    result = torchrun_script("pipeline_byo.py", 2, str(tmp_path), str(STEPS), str(LR), "1f1b")
     assert result.returncode == 0, result.stderr[-3000:]
     parts = {k: v for s in (0, 1) for k, v in torch.load(tmp_path / f"stage-{s}.pt", weights_only=True).items()}
     assert_close(parts, one_process(1), atol=1e-5)
