@@ -39,6 +39,10 @@ from agentsync.runtime import ProgressFactory, run_worker
 
 GRACE_S = 10.0
 POLL_S = 0.05
+PRELOAD = ["agentsync.runtime", "agentsync.tasks", "torch._dynamo"]
+"""Imported once by the fork server that starts the ranks, so each rank starts as a fork of a
+process that has them already (torch and the rest take seconds to import; a rank would pay it
+each time). ``torch._dynamo`` is there because every optimizer's constructor imports it."""
 
 
 def _entry(cfg: RunConfig, run_dir: str, resume: bool, progress: ProgressFactory | None, env: dict) -> None:
@@ -97,7 +101,8 @@ def run_attempt(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: Progre
     store = rendezvous_store(addr, port, 0, world, datetime.timedelta(seconds=cfg.comm.timeout_s))
     base_env = {"WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": addr,
                 "MASTER_PORT": str(port), "TORCHELASTIC_RESTART_COUNT": str(restarts), LAUNCHER_STORE: "1"}
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")  # a clean process (no threads, no CUDA) forks each rank
+    ctx.set_forkserver_preload(PRELOAD)
     procs = []
     try:
         for rank in range(world):

@@ -21,7 +21,6 @@ import time
 from typing import Callable
 
 import torch
-import torch.distributed.pipelining as pipelining
 from torch import nn
 
 from agentsync.comm import ByteMeter, Comm
@@ -62,6 +61,8 @@ class StageDriver:
     def __init__(self, module: nn.Module, pipe: Comm, schedule: str, microbatches: int,
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                  example_input: torch.Tensor, example_output: torch.Tensor) -> None:
+        import torch.distributed.pipelining as pipelining  # here, not at import: it costs every process ~1 s
+
         self.index, self.stages, self.microbatches = pipe.rank, pipe.world_size, microbatches
         self.stage = pipelining.PipelineStage(module, self.index, self.stages, pipe.device,
                                               input_args=example_input, output_args=example_output,

@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import importlib.util
+import math
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from agentsync.errors import ConfigError
 from agentsync.optim import OptimizerConfig
 from agentsync.options import check
 from agentsync.tasks.base import ShardSampler, Task, TaskConfig, classification_metrics
@@ -16,15 +21,39 @@ from agentsync.tasks.base import ShardSampler, Task, TaskConfig, classification_
 @cache
 def digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """1,437 training and 360 held-out images scaled to [0, 1]; the split is fixed (stratified, seed 0)."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    x, y = load_digits()
+    test = stratified_test_indices(y, fraction=0.2, seed=0)
+    train = torch.ones(len(y), dtype=torch.bool)
+    train[test] = False
+    return x[train], y[train], x[test], y[test]
 
-    data = load_digits()
-    x = (data.data / 16.0).astype(np.float32)
-    x_train, x_test, y_train, y_test = train_test_split(x, data.target, test_size=0.2, random_state=0,
-                                                        stratify=data.target)
-    return (torch.from_numpy(x_train), torch.from_numpy(y_train).long(),
-            torch.from_numpy(x_test), torch.from_numpy(y_test).long())
+
+def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's bundled 8x8 digits (1,797 images), read from its data file.
+
+    Read directly rather than through ``sklearn.datasets``: importing scikit-learn costs every
+    worker process about two seconds, longer than a short run's training."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("the digits tasks need scikit-learn's bundled data: pip install scikit-learn")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    with gzip.open(path, "rt") as f:
+        data = np.loadtxt(f, delimiter=",", dtype=np.float32)
+    return torch.from_numpy(data[:, :-1] / 16.0), torch.from_numpy(data[:, -1]).long()
+
+
+def stratified_test_indices(y: torch.Tensor, *, fraction: float, seed: int) -> torch.Tensor:
+    """A held-out set of ceil(fraction · n) samples with each class in proportion (largest remainders
+    round), drawn at random with ``seed``; sorted."""
+    gen = torch.Generator().manual_seed(seed)
+    classes, counts = torch.unique(y, return_counts=True)
+    quota = counts.double() * fraction
+    take = quota.floor().long()
+    short = math.ceil(fraction * len(y)) - int(take.sum())
+    take[torch.argsort(quota - take, descending=True, stable=True)[:short]] += 1
+    picked = [torch.nonzero(y == c).flatten()[torch.randperm(int(n), generator=gen)[:k]]
+              for c, n, k in zip(classes, counts, take)]
+    return torch.cat(picked).sort().values
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
