@@ -1,4 +1,7 @@
-"""The default launcher: the job's processes spawned on this machine, rendezvous over loopback.
+"""The default launcher: the job's processes started on this machine, rendezvous over loopback.
+
+Ranks are forked from a fork server (a fresh process that imported torch and agentsync once, see
+:data:`PRELOAD`), not spawned: a spawned rank spends seconds importing before its first step.
 
 The parent watches its children. When a rank dies under a strategy that cannot lose workers,
 the others get ``comm.timeout_s`` plus a grace period to stop on their own (they normally fail
