@@ -197,16 +197,20 @@ def save_checkpoint(run_dir: Path, *, step: int, elapsed_s: float, workers: int,
                "states": step_folder(step),
                "ranks": [torch.frombuffer(bytearray(r), dtype=torch.uint8) for r in ranks]}
     atomic_write(Path(run_dir) / CHECKPOINT, to_bytes(payload))
-    prune_states(Path(run_dir), keep=step_folder(step))
+    prune_states(Path(run_dir), step)
 
 
-def prune_states(run_dir: Path, keep: str | None) -> None:
-    """Delete every step folder but ``keep`` (older checkpoints, and any a crash left behind)."""
+def prune_states(run_dir: Path, step: int, *, later_too: bool = False) -> None:
+    """Delete the step folders before ``step`` (older checkpoints, and any a crash left behind).
+
+    Later ones stay unless ``later_too`` (once the job has ended): a rank that runs ahead of the
+    reporter (no strategy step waits for it) may be writing the next checkpoint's folder already.
+    """
     folder = Path(run_dir) / STATES
-    if folder.is_dir():
-        for child in folder.iterdir():
-            if f"{STATES}/{child.name}" != keep:
-                shutil.rmtree(child, ignore_errors=True)
+    for child in folder.iterdir() if folder.is_dir() else []:
+        found = re.fullmatch(r"step-(\d+)", child.name)
+        if found and (int(found.group(1)) < step or (later_too and int(found.group(1)) > step)):
+            shutil.rmtree(child, ignore_errors=True)
 
 
 def load_checkpoint(run_dir: Path) -> dict:

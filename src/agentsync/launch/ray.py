@@ -203,7 +203,7 @@ def launch_ray(cfg: RunConfig, *, resume: bool, progress: ProgressFactory | None
             if files:
                 merge_outputs(run_dir, files)
         if (run_dir / CHECKPOINT).exists():  # rank folders merged from other nodes: keep the manifest's step only
-            prune_states(run_dir, keep=load_checkpoint(run_dir).get("states"))
+            prune_states(run_dir, int(load_checkpoint(run_dir)["step"]), later_too=True)
     finally:
         for a in actors:
             ray.kill(a)
