@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from agentsync.checkpoint import from_bytes
+from agentsync.checkpoint import load_rank_states
 from agentsync.cli import main
 from agentsync.sync.topology import TOPOLOGIES, mixing_matrix
 from conftest import agentsync, read_jsonl, torchrun_script, train
@@ -181,7 +181,7 @@ def test_ensemble_members_keep_their_own_buffers(tmp_path):
     train(run_dir, "--task", "acrobot-ppo", "--strategy", "ensemble", "--workers", "2", "--steps", "4",
           "--set", "eval_every=0", "--set", "task.eval_episodes=1")
     saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)
-    ranks = [from_bytes(bytes(r.numpy())) for r in saved["ranks"]]
+    ranks = load_rank_states(run_dir)
     for rank in ranks:
         own = rank["state"]["model"]
         for key, value in own.items():
@@ -241,8 +241,7 @@ RESUMED = {
 
 
 def rank_states(run_dir) -> list[dict]:
-    saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)
-    return [from_bytes(bytes(r.numpy())) for r in saved["ranks"]]
+    return load_rank_states(run_dir)
 
 
 @pytest.mark.timeout(400)

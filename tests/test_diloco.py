@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.nn.utils import parameters_to_vector
 
-from agentsync.checkpoint import from_bytes
+from agentsync.checkpoint import load_rank_states
 from agentsync.tasks.digits import Digits, DigitsConfig
 from conftest import agentsync, train
 
@@ -20,7 +20,7 @@ RUN = ["--strategy", "diloco", "--workers", str(W), "--set", f"strategy.inner_st
 def checkpoint(run_dir) -> tuple[dict, list[dict]]:
     """The final model and each rank's saved state."""
     saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)
-    return saved["model"], [from_bytes(bytes(r.numpy())) for r in saved["ranks"]]
+    return saved["model"], load_rank_states(run_dir)
 
 
 def as_vector(state: dict) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agentsync.checkpoint import from_bytes, load_checkpoint
+from agentsync.checkpoint import load_checkpoint, load_rank_states
 from conftest import train
 
 
@@ -17,7 +17,7 @@ def test_the_final_ps_async_agent_carries_the_workers_mean_observation_statistic
     names = [k for k in model if k.endswith((".norm.mean", ".norm.var", ".norm.count"))]
     assert len(names) == 6  # policy and value observation normalisers: mean, var, count
     # each worker's own statistics, as its training left them (kept in its role's state)
-    workers = [p for p in map(from_bytes, checkpoint["ranks"]) if p["is_worker"]]
+    workers = [p for p in load_rank_states(tmp_path / "run") if p["is_worker"]]
     own = [p["state"]["strategy"]["role"]["buffers"] for p in workers]
     assert len(own) == 2 and len(own[0]) == len(names)
     assert not torch.allclose(own[0][0], own[1][0])  # the two workers saw different observations

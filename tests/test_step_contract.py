@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from agentsync.checkpoint import from_bytes
+from agentsync.checkpoint import load_rank_states
 from conftest import ENV, ROOT, agentsync, read_jsonl, train
 from test_allreduce import single_process_reference
 
@@ -51,8 +51,7 @@ def final_model(run_dir) -> dict:
 
 
 def rank_models(run_dir) -> list[dict]:
-    ranks = [from_bytes(bytes(t.numpy().tobytes()))
-             for t in torch.load(run_dir / "checkpoint.pt", weights_only=True)["ranks"]]
+    ranks = load_rank_states(run_dir)
     return [r["state"]["model"] for r in sorted(ranks, key=lambda r: r["rank"])]
 
 

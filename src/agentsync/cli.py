@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from agentsync.checkpoint import load_checkpoint
+from agentsync.checkpoint import check_rank_states, load_checkpoint
 from agentsync.config import OptimizerChoice, RunConfig, load_config, optimizer_choice
 from agentsync.errors import ConfigError, JobFailed
 from agentsync.metrics import SUMMARY, read_summary
@@ -186,7 +186,9 @@ def resume_config(run_dir: Path, flags: dict, overrides: list[str], config_file:
     saved_file = run_dir / "config.toml"
     if not saved_file.is_file():
         raise ConfigError(f"--resume: {str(run_dir)!r} is not a run folder (no config.toml)")
-    reached = load_checkpoint(run_dir)["step"]  # missing or corrupt: fail now, before anything runs
+    checkpoint = load_checkpoint(run_dir)  # missing or corrupt: fail now, before anything runs
+    check_rank_states(run_dir, checkpoint)
+    reached = checkpoint["step"]
     saved = load_config(saved_file)
     cfg = load_config(saved_file, flags={**flags, "out": str(run_dir)}, overrides=overrides)
     for field in ("task", "strategy", "servers", "seed", "parallel"):

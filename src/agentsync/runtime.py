@@ -3,7 +3,7 @@
 Each process of a job calls :func:`run_worker`. Workers train; server ranks of a parameter-server
 strategy serve inside ``strategy.setup`` and rejoin here for the end-of-run collection. The rank
 the strategy names reporter (worker 0 by default) writes checkpoint.pt and summary.json; every
-rank appends its own lines to metrics.jsonl. In an actor-learner job the ranks after the
+rank writes its own checkpoint state and appends its own lines to metrics.jsonl. In an actor-learner job the ranks after the
 strategy's are actors (:mod:`agentsync.actors`): they act until their learner says stop, and the
 strategy's ranks run here on a sub-group of their own.
 """
@@ -21,7 +21,8 @@ import torch
 from agentsync.actors import actors_of
 from agentsync.actors.actor import run_actor
 from agentsync.actors.feed import Feed, merge_reports
-from agentsync.checkpoint import from_bytes, load_checkpoint, save_checkpoint, source_rank, to_bytes
+from agentsync.checkpoint import (from_bytes, load_checkpoint, rank_state, save_checkpoint, save_rank_state,
+                                  source_rank, to_bytes)
 from agentsync.comm import Comm
 from agentsync.config import RunConfig
 from agentsync.errors import ConfigError
@@ -266,16 +267,25 @@ class Worker:
 
     def _checkpoint(self, step: int, model: torch.nn.Module, member: dict | None = None,
                     midrun: bool = False) -> list[dict] | None:
-        """Collect every rank's state and statistics at the reporter, which writes checkpoint.pt."""
-        gathered = (self.strategy.snapshot if midrun else self.strategy.collect)(to_bytes(self._payload(member)))
+        """Every rank writes its state, then the reporter collects their statistics and writes checkpoint.pt.
+
+        The collection is the barrier: a rank sends its statistics once its state is on disk, so the
+        manifest the reporter writes names complete rank folders only.
+        """
+        gathered = self._write_and_collect(step, member, midrun)
         self.checkpointed = step
         if gathered is None:
             return None
         return self._save(step, model.state_dict(), gathered)
 
+    def _write_and_collect(self, step: int, member: dict | None, midrun: bool) -> list[bytes] | None:
+        """Write this rank's state for ``step``; every rank's small payload at the reporter (None elsewhere)."""
+        save_rank_state(self.run_dir, step, self.rank, self._rank_state())
+        return (self.strategy.snapshot if midrun else self.strategy.collect)(to_bytes(self._payload(member)))
+
     def _payload(self, member: dict | None) -> dict:
-        """What this rank contributes to a checkpoint and the summary."""
-        return {"rank": self.rank, "is_worker": self.strategy.is_worker, "state": self._rank_state(),
+        """What this rank contributes to the manifest and the summary: small, its state is in its own folder."""
+        return {"rank": self.rank, "is_worker": self.strategy.is_worker,
                 "stats": self.strategy.stats, "samples": self.samples, "member": member,
                 "memory": state_bytes(self.model, self.optimizer), "peak_rss_mb": peak_rss_mb(),
                 "actors": self.feed.report() if self.feed else None, **self.timing}
@@ -286,6 +296,7 @@ class Worker:
         return [from_bytes(p) for p in gathered]
 
     def _restore(self, checkpoint: dict) -> None:
+        """Load the state of this rank's source rank (see :func:`~agentsync.checkpoint.source_rank`), only that."""
         ranks = {p["rank"]: p for p in map(from_bytes, checkpoint["ranks"])}
         saved_workers = int(checkpoint.get("workers", self.cfg.workers))
         source = source_rank(self.rank, workers=self.cfg.workers, saved_workers=saved_workers,
@@ -294,12 +305,11 @@ class Worker:
             raise ConfigError(f"the checkpoint has no state for rank {self.rank} (lost during the run); "
                               "it cannot be resumed exactly")
         mine = ranks[source]
-        state = mine["state"]
+        state = rank_state(self.run_dir, checkpoint, mine)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if saved_workers != self.cfg.workers:
-            mine = self._resharded(mine, [p for r, p in ranks.items() if r < saved_workers])
-            state = mine["state"]
+            mine, state = self._resharded(mine, state, checkpoint, [p for r, p in ranks.items() if r < saved_workers])
         self.strategy.load_state_dict(state["strategy"])
         self.task.load_state_dict(state["task"])
         torch.set_rng_state(state["rng"])
@@ -307,9 +317,8 @@ class Worker:
         self.elapsed_before, self.samples = float(checkpoint["elapsed_s"]), int(mine["samples"])
         self.checkpointed = int(checkpoint["step"])
 
-    @torch.no_grad()
-    def _resharded(self, saved: dict, workers: list[dict]) -> dict:
-        """A saved rank's payload taken up on another worker count (see
+    def _resharded(self, saved: dict, state: dict, checkpoint: dict, workers: list[dict]) -> tuple[dict, dict]:
+        """A saved rank's payload and state taken up on another worker count (see
         :func:`~agentsync.checkpoint.source_rank`).
 
         Where replicas differ, every new replica starts from the saved workers' mean model, so no old
@@ -317,18 +326,28 @@ class Worker:
         the workers' cumulative counters (samples, bytes) are split evenly, so totals carry on.
         """
         if not self.strategy.is_worker:
-            return saved
+            return saved, state
         if self.strategy.replicas_differ and len(workers) > 1:
-            models = [w["state"]["model"] for w in workers]
-            for key, value in self.model.state_dict().items():
-                if value.is_floating_point():
-                    value.copy_(torch.stack([m[key] for m in models]).mean(0))
+            self._load_mean_model(checkpoint, workers)
         share = lambda values: sum(values) / self.cfg.workers
         stats = {k: type(v)(share(w["stats"][k] for w in workers)) for k, v in saved["stats"].items()
                  if k in self.comm.stats.as_dict()}
-        strategy = {k: v for k, v in saved["state"]["strategy"].items() if k != "compression"}
-        return {**saved, "state": {**saved["state"], "strategy": strategy}, "stats": stats,
-                "samples": int(share(w["samples"] for w in workers))}
+        strategy = {k: v for k, v in state["strategy"].items() if k != "compression"}
+        return ({**saved, "stats": stats, "samples": int(share(w["samples"] for w in workers))},
+                {**state, "strategy": strategy})
+
+    @torch.no_grad()
+    def _load_mean_model(self, checkpoint: dict, workers: list[dict]) -> None:
+        """The saved workers' mean model, read one state at a time (never W models at once)."""
+        sums = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in self.model.state_dict().items()
+                if v.is_floating_point()}
+        for payload in workers:
+            model = rank_state(self.run_dir, checkpoint, payload)["model"]
+            for key, total in sums.items():
+                total += model[key]
+        for key, value in self.model.state_dict().items():
+            if key in sums:
+                value.copy_(sums[key] / len(workers))
 
     def _final_model(self, final: torch.nn.Module) -> torch.nn.Module:
         """The model the summary's metrics are of (on the reporter, after the final checkpoint)."""

@@ -13,10 +13,13 @@
    holds it (a hostname that resolves to 127.0.x.x would otherwise send gloo to loopback).
 3. **Outputs.** Ranks on the driver's node write into the run folder itself. Ranks on other
    nodes, whose disks may be separate (Ray syncs nothing to the head since 2.7), write into a
-   staging folder on their node, seeded with the run folder's checkpoint on ``--resume``, and
-   hand back what they wrote when they finish; the driver appends their ``metrics.jsonl`` lines
-   and writes their other files (summary, checkpoint, TensorBoard runs) into its run folder.
-   Mid-run checkpoints of a reporter on another node arrive only with the run's end.
+   staging folder on their node, seeded with the run folder's checkpoint on ``--resume`` (the
+   manifest and its step folder), and hand back what they wrote when they finish (of their rank
+   folders, the latest step's); the driver appends their ``metrics.jsonl`` lines, writes their
+   other files (summary, manifest, rank folders, TensorBoard runs) into its run folder, then keeps
+   the manifest's step folder only. Mid-run checkpoints of ranks on another node arrive only with
+   the run's end: a job that crashes before then resumes from its last complete checkpoint, or,
+   where a rank folder is missing, is refused.
 4. **Failure.** The first rank that fails ends the job: every other actor is killed and the
    error names the rank. Ranks the job goes on without (an actor-learner job's actors, workers of
    a strategy that tolerates their loss) are said on stderr instead, and the survivors finish.
@@ -28,13 +31,14 @@ where a cluster started with ``ray start`` runs on this machine.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import sys
 import tempfile
 from pathlib import Path
 
-from agentsync.checkpoint import CHECKPOINT, atomic_write
+from agentsync.checkpoint import CHECKPOINT, STATES, atomic_write, load_checkpoint, prune_states
 from agentsync.comm import free_port
 from agentsync.config import RunConfig
 from agentsync.errors import ConfigError, JobFailed
@@ -57,9 +61,9 @@ class Rank:
         return free_port(host)  # on this rank's node, where it will listen
 
     def run(self, cfg: RunConfig, run_dir: str, resume: bool, progress, env: dict,
-            checkpoint: bytes | None) -> dict[str, bytes] | None:
-        """Run the rank in ``run_dir``, or, given ``checkpoint`` or staging, in a folder of this node
-        whose files come back (relative path -> bytes)."""
+            checkpoint: dict[str, bytes] | None) -> dict[str, bytes] | None:
+        """Run the rank in ``run_dir``, or, given ``checkpoint`` (its files) or staging, in a folder of
+        this node whose new files come back (relative path -> bytes)."""
         import torch
 
         os.environ.update(env)
@@ -72,13 +76,9 @@ class Rank:
             return None
         staging = Path(tempfile.mkdtemp(prefix="agentsync-ray-"))
         try:
-            if checkpoint is not None:
-                (staging / CHECKPOINT).write_bytes(checkpoint)
+            write_files(staging, checkpoint or {})
             run_worker(cfg, staging, resume=resume, progress=progress)
-            files = {str(p.relative_to(staging)): p.read_bytes() for p in staging.rglob("*") if p.is_file()}
-            if checkpoint is not None and files.get(CHECKPOINT) == checkpoint:  # the one it was handed: nothing new
-                del files[CHECKPOINT]
-            return files
+            return new_files(staging, handed=checkpoint or {})
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -111,6 +111,37 @@ def describe_placement(addresses: list[str]) -> str:
     for rank, address in enumerate(addresses):
         by_node.setdefault(address, []).append(str(rank))
     return "; ".join(f"rank{'s' if len(r) > 1 else ''} {','.join(r)} on {a}" for a, r in by_node.items())
+
+
+def checkpoint_files(run_dir: Path) -> dict[str, bytes] | None:
+    """The run's checkpoint as files to hand a rank on another node: the manifest and its step folder."""
+    if not (run_dir / CHECKPOINT).exists():
+        return None
+    states = load_checkpoint(run_dir).get("states")  # none in a format 1 checkpoint: one file
+    paths = [run_dir / CHECKPOINT, *(p for p in (run_dir / states).rglob("*") if p.is_file() and states)]
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in paths}
+
+
+def write_files(folder: Path, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+
+
+def new_files(staging: Path, handed: dict[str, bytes]) -> dict[str, bytes]:
+    """What a rank wrote in ``staging``: not the files it was handed, and of its rank folders only the
+    latest step's (earlier ones belong to checkpoints the reporter has since replaced)."""
+    files = {str(p.relative_to(staging)): p for p in staging.rglob("*") if p.is_file()}
+    steps = [int(m.group(1)) for name in files if (m := re.match(rf"{STATES}/step-(\d+)/", name))]
+    latest = f"{STATES}/step-{max(steps, default=-1)}/"
+    out = {}
+    for name, path in files.items():
+        if name.startswith(f"{STATES}/") and not name.startswith(latest):
+            continue
+        data = path.read_bytes()
+        if handed.get(name) != data:
+            out[name] = data
+    return out
 
 
 def merge_outputs(run_dir: Path, files: dict[str, bytes]) -> None:
@@ -159,7 +190,7 @@ def launch_ray(cfg: RunConfig, *, resume: bool, progress: ProgressFactory | None
         master = nodes[0][1] if len({node for node, _ in nodes}) > 1 else cfg.comm.master_addr
         port = cfg.comm.master_port or ray.get(actors[0].free_port.remote(master))
         here = ray.get_runtime_context().get_node_id()
-        checkpoint = (run_dir / CHECKPOINT).read_bytes() if resume and (run_dir / CHECKPOINT).exists() else None
+        checkpoint = checkpoint_files(run_dir) if resume else None
         refs = []
         placed = zip(actors, nodes, local_ranks([node for node, _ in nodes]))
         for r, (a, (node, _), (local_rank, local_world)) in enumerate(placed):
@@ -171,6 +202,8 @@ def launch_ray(cfg: RunConfig, *, resume: bool, progress: ProgressFactory | None
         for files in wait_all(refs, tolerated=lambda rank: tolerated_loss(cfg, rank)):
             if files:
                 merge_outputs(run_dir, files)
+        if (run_dir / CHECKPOINT).exists():  # rank folders merged from other nodes: keep the manifest's step only
+            prune_states(run_dir, int(load_checkpoint(run_dir)["step"]), later_too=True)
     finally:
         for a in actors:
             ray.kill(a)

@@ -9,9 +9,10 @@ replica's pipeline group (:mod:`agentsync.parallel.layout` names both). What cha
   (under ``allreduce`` the gradient is averaged once, after the last microbatch, as DDP's
   ``no_sync`` accumulation would);
 * evaluation: replica 0's stages send their parts to stage 0, whose leader evaluates the whole model;
-* checkpoints: each stage's reporter collects its stage (as the strategy does for P = 1), then the
-  stage reporters send theirs to the job's reporter, which writes one checkpoint.pt holding every
-  rank's state (exact resume) and the whole model under its own keys (``evaluate`` unchanged).
+* checkpoints: every rank writes its own state (as for P = 1); each stage's reporter collects its
+  stage's statistics, then the stage reporters send theirs with their stage's part of the model to
+  the job's reporter, which writes checkpoint.pt with the whole model under its own keys
+  (``evaluate`` unchanged): one copy of the model, never W.
 """
 from __future__ import annotations
 
@@ -111,8 +112,8 @@ class PipelineWorker(Worker):
 
     def _checkpoint(self, step: int, model: nn.Module, member: dict | None = None,
                     midrun: bool = False) -> list[dict] | None:
-        """Each stage's reporter collects its stage; the job's reporter collects the stage reporters'."""
-        gathered = (self.strategy.snapshot if midrun else self.strategy.collect)(to_bytes(self._payload(member)))
+        """Every rank writes its state; each stage's reporter collects its stage, the job's reporter the stages'."""
+        gathered = self._write_and_collect(step, member, midrun)
         self.checkpointed = step
         if gathered is None:
             return None

@@ -13,7 +13,7 @@ the final model is delivered, then leaves the process (exit code 0, after flushi
 ``allreduce`` and ``ps-*``: only workers come out of ``setup()``. The CLI runtime is the one
 caller that owns the server process: it clears :attr:`ParameterServer.leaves_after_serving`, so
 ``setup()`` returns and the runtime's end-of-run phase runs on the servers — server 0, which holds
-the final model with the workers' mean buffers, collects every rank's state, writes
+the final model with the workers' mean buffers, collects every rank's statistics, writes
 ``checkpoint.pt`` and ``summary.json`` (so it survives the loss of any worker) — and the
 launcher ends the process as it ends every rank (under Ray a process must not exit mid-task).
 

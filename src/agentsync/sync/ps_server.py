@@ -13,12 +13,12 @@ Bytes: a PUSH and its answer are counted (header + shard each way); the end-of-r
 the COLLECT gather and the servers' final all-gather are not (they deliver the result), nor are
 mid-run snapshots (checkpoints).
 
-**Mid-run checkpoints** are a consistent cut at one version. A worker due to checkpoint sends
-SNAPSHOT to every server (to server 0 with its state) and waits. A server holds the SNAPSHOTs
+**Mid-run checkpoints** are a consistent cut at one version. A worker due to checkpoint writes its
+state, sends SNAPSHOT to every server (to server 0 with its statistics) and waits. A server holds the SNAPSHOTs
 until every live worker has sent one: then no push is in flight, every one sent before has been
 applied, and the servers' shards, optimizer states and counters and the workers' states all
-belong to the same moment. The servers take their snapshot (server 0 gathers the servers'
-states and writes the checkpoint through :attr:`ServerRole.checkpoint`), then release the
+belong to the same moment. The servers take their snapshot (each writes its state, server 0
+gathers the servers' statistics and writes the manifest through :attr:`ServerRole.checkpoint`), then release the
 workers. The price: ``checkpoint_every`` steps, asynchronous workers wait for the slowest once.
 """
 from __future__ import annotations

@@ -106,7 +106,7 @@ class WorkerRole:
                     unflat_(self.buffers, reply[self.layout.numels[s]:])
 
     def snapshot(self, payload: bytes) -> None:
-        """Wait in a mid-run checkpoint: SNAPSHOT to every server (server 0 gets this worker's state),
+        """Wait in a mid-run checkpoint: SNAPSHOT to every server (server 0 gets this worker's statistics: its state is on disk),
         then every server's release (see :mod:`agentsync.sync.ps_server`). Uncounted."""
         data = torch.frombuffer(bytearray(payload), dtype=torch.uint8) if payload else torch.zeros(0, dtype=torch.uint8)
         empty = torch.zeros(0, device=self.comm.device)
