@@ -11,6 +11,10 @@ from agentsync.sync import Strategy, build_strategy
 
 _comm: Comm | None = None
 
+NEUTRAL_OPTIMIZER = {"name": "sgd", "momentum": 0.0}
+"""The optimizer of the config a strategy's options are validated in: the caller's own optimizer is
+not known yet, and :meth:`Strategy.setup` checks it (DGC's momentum correction refuses momentum)."""
+
 
 def init(**comm_options: Any) -> Comm:
     """Join the job from RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT (torchrun's variables).
@@ -49,7 +53,8 @@ def strategy_for_group(name: str, comm: Comm, *, workers: int, servers: int, **o
     """A strategy over ``comm`` (the whole job, or one pipeline stage's group), options validated
     together with the codec in use."""
     cfg = build_config({"workers": workers, "servers": servers, "strategy": {"name": name, **options},
-                        "comm": {"compression": comm.config.compression}})
+                        "comm": {"compression": comm.config.compression},
+                        "optimizer": NEUTRAL_OPTIMIZER})
     if cfg.world_size != comm.world_size:
         raise ConfigError(f"strategy {name!r} with {workers} workers needs {cfg.world_size} processes, "
                           f"but the group has {comm.world_size}")

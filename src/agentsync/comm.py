@@ -59,7 +59,9 @@ class CommConfig(Options):
     """Simulated network, e.g. latency=20ms,bandwidth=1Gbit: every message arrives latency + bytes/bandwidth late."""
     compression: str = "none"
     """Codec for what the strategy sends, as NAME[:KEY=VALUE...]: none, fp16, bf16, int8, qsgd:bits=4, sign,
-    topk:ratio=0.01, randk:ratio=0.01, powersgd:rank=2; with error feedback (see docs/compression.md)."""
+    topk:ratio=0.01, randk:ratio=0.01, powersgd:rank=2; with error feedback (see docs/compression.md). On gradient
+    transports top-k takes Deep Gradient Compression's momentum=M (momentum correction; needs optimizer.momentum=0),
+    clip=C (local clipping) and warmup=STEPS[:warmup_from=0.25] (the kept ratio decays from 25 %)."""
 
     def validate(self, section: str) -> None:
         choice(self.backend, f"{section}.backend", ("auto", "gloo", "nccl"))

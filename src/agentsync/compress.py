@@ -11,6 +11,11 @@ to the next input (Seide et al., 2014; Karimireddy et al., 2019), so nothing is 
 after T steps, sum of inputs = sum of decoded payloads + residual. :class:`Compression` is a
 strategy's codec with one error-feedback memory per payload it sends, checkpointable.
 
+On gradient transports top-k takes Deep Gradient Compression's tricks (Lin et al., 2018) as options,
+``topk:ratio=0.001:momentum=0.9:clip=1.0:warmup=200``: :class:`DGC` holds them and
+:class:`MomentumFeedback`, top-k's memory then, applies them (momentum correction with factor
+masking, local clipping, an exponential warm-up of the kept ratio).
+
 Example::
 
     codec = parse_codec("topk:ratio=0.01")
@@ -30,7 +35,8 @@ import torch
 
 from agentsync.errors import ConfigError
 
-__all__ = ["CODECS", "Codec", "Compression", "Encoded", "ErrorFeedback", "is_none", "parse_codec"]
+__all__ = ["CODECS", "DGC", "Codec", "Compression", "Encoded", "ErrorFeedback", "MomentumFeedback", "dgc_options",
+           "is_none", "local_clip_norm", "parse_codec"]
 
 
 @dataclasses.dataclass
@@ -172,17 +178,62 @@ def kept(ratio: float, n: int) -> int:
     return max(1, min(n, int(math.ceil(ratio * n))))
 
 
+@dataclasses.dataclass(frozen=True)
+class DGC:
+    """Deep Gradient Compression's tricks for top-k (Lin et al., 2018), each off unless given; they act
+    in :class:`MomentumFeedback`, on gradient payloads only (see :func:`dgc_options`).
+
+    Attributes:
+        momentum: momentum correction: the worker accumulates its velocity u ← m·u + g rather than g,
+            so the optimizer must not apply momentum again (0: off).
+        masking: momentum-factor masking (with momentum): a sent coordinate's velocity is zeroed too,
+            so it does not keep pushing a direction already applied. Off, ratio 1 is exactly SGD with
+            momentum m; on, ratio 1 zeroes u every step and is SGD without momentum.
+        clip: local clipping: each worker clips its gradient payload to clip · W^(−1/2) before it
+            enters the accumulation (0: off).
+        warmup: steps over which the kept ratio decays exponentially from ``warmup_from`` (0: off).
+        warmup_from: the kept ratio at step 0 of the warm-up (DGC: 25 %).
+    """
+
+    momentum: float = 0.0
+    masking: bool = True
+    clip: float = 0.0
+    warmup: int = 0
+    warmup_from: float = 0.25
+
+    @property
+    def active(self) -> bool:
+        return bool(self.momentum or self.clip or self.warmup)
+
+    def ratio_at(self, step: int, ratio: float) -> float:
+        """The kept ratio at ``step`` (from 0): start · (ratio / start)^(step / warmup), then ``ratio``."""
+        if step >= self.warmup:
+            return ratio
+        return self.warmup_from * (ratio / self.warmup_from) ** (step / self.warmup)
+
+
+DGC_OPTIONS = ("momentum", "masking", "clip", "warmup", "warmup_from")
+
+
+def dgc_options(spec: str) -> list[str]:
+    """The DGC options a codec spec sets (they need a gradient transport), in the spec's order."""
+    keys = [item.partition("=")[0].strip() for item in (spec or "").strip().split(":")[1:]]
+    return [k for k in keys if k in DGC_OPTIONS]
+
+
 class TopK(Codec):
-    """The ``ratio`` largest-magnitude coordinates: values and int32 indices (biased)."""
+    """The ``ratio`` largest-magnitude coordinates: values and int32 indices (biased); ``dgc``: the
+    Deep Gradient Compression tricks its error feedback applies (:class:`MomentumFeedback`)."""
 
     linear, sparse = False, True
 
-    def __init__(self, ratio: float) -> None:
-        self.name, self.ratio = f"topk:ratio={ratio:g}", ratio
+    def __init__(self, ratio: float, dgc: DGC = DGC()) -> None:
+        self.name, self.ratio, self.dgc = f"topk:ratio={ratio:g}", ratio, dgc
 
-    def encode(self, x: torch.Tensor) -> Encoded:
+    def encode(self, x: torch.Tensor, ratio: float | None = None) -> Encoded:
+        """The top ``ratio`` (default: the codec's) of x; a warm-up passes the step's ratio."""
         flat = x.detach().reshape(-1)
-        index = flat.abs().topk(kept(self.ratio, flat.numel()), sorted=False).indices
+        index = flat.abs().topk(kept(self.ratio if ratio is None else ratio, flat.numel()), sorted=False).indices
         return Encoded({"values": flat[index], "indices": index.to(torch.int32)}, x.shape, x.dtype)
 
     def decode(self, encoded: Encoded) -> torch.Tensor:
@@ -235,7 +286,7 @@ class PowerSGD(Codec):
 
 CODECS = ("none", "fp16", "bf16", "int8", "qsgd", "sign", "topk", "randk", "powersgd")
 OPTIONS = {"none": (), "fp16": (), "bf16": (), "sign": (), "int8": ("chunk", "seed"),
-           "qsgd": ("bits", "chunk", "seed"), "topk": ("ratio",), "randk": ("ratio", "seed"),
+           "qsgd": ("bits", "chunk", "seed"), "topk": ("ratio", *DGC_OPTIONS), "randk": ("ratio", "seed"),
            "powersgd": ("rank", "start", "seed")}
 
 
@@ -291,7 +342,28 @@ def build_codec(name: str, opts: dict, rank: int) -> Codec:
         return PowerSGD(number(opts, "rank", int, 2, lambda v: v >= 1, "an int >= 1"),
                         number(opts, "start", int, 0, lambda v: v >= 0, "an int >= 0"), seed)
     ratio = number(opts, "ratio", float, 0.01, lambda v: 0 < v <= 1, "in (0, 1]")
-    return TopK(ratio) if name == "topk" else RandK(ratio, seed)
+    return TopK(ratio, build_dgc(opts, ratio)) if name == "topk" else RandK(ratio, seed)
+
+
+def build_dgc(opts: dict, ratio: float) -> DGC:
+    """DGC's options; each is off unless given, and a given one must be on (no silent no-op)."""
+    def optional(key: str, kind: type, ok, allowed: str):
+        return number(opts, key, kind, 0, ok, allowed) if key in opts else kind(0)
+
+    warmup = optional("warmup", int, lambda v: v >= 1, "an int >= 1")
+    if "warmup_from" in opts and not warmup:
+        raise ValueError("warmup_from needs warmup=STEPS (the steps the ratio decays over)")
+    if "masking" in opts and "momentum" not in opts:
+        raise ValueError("masking acts on the velocity of momentum correction: it needs momentum=M")
+    if opts.get("masking", "on") not in ("on", "off"):
+        raise ValueError(f"masking must be on or off (got {opts['masking']!r})")
+    start = number(opts, "warmup_from", float, 0.25, lambda v: 0 < v <= 1, "in (0, 1]")
+    if warmup and start <= ratio:
+        raise ValueError(f"warmup decays the kept ratio from warmup_from={start:g} down to ratio={ratio:g}: "
+                         "warmup_from must be above ratio")
+    return DGC(momentum=optional("momentum", float, lambda v: 0 < v < 1, "in (0, 1)"),
+               masking=opts.get("masking", "on") == "on",
+               clip=optional("clip", float, lambda v: v > 0, "> 0"), warmup=warmup, warmup_from=start)
 
 
 class ErrorFeedback:
@@ -321,6 +393,70 @@ class ErrorFeedback:
         self.residual = state["residual"]
 
 
+def clipped(x: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """x scaled down to norm ``max_norm`` where it is above (``clip_grad_norm_``'s rule; 0: as it is)."""
+    if not max_norm:
+        return x
+    norm = float(torch.linalg.vector_norm(x))
+    return x * (max_norm / (norm + 1e-6)) if norm > max_norm else x
+
+
+def masked(x: torch.Tensor, sent: torch.Tensor) -> torch.Tensor:
+    """A copy of x, zero at the flat indices ``sent``."""
+    out = x.clone()
+    out.view(-1)[sent] = 0
+    return out
+
+
+class MomentumFeedback(ErrorFeedback):
+    """Top-k's memory for one gradient payload under DGC (Lin et al., 2018; :class:`DGC`).
+
+    Each step the payload g is clipped (local clipping), the velocity becomes u ← m·u + g and the
+    accumulation v ← v + u (``residual``); top-k of v is sent, at the step's warm-up ratio, and v is
+    zeroed where it was sent, u too under momentum-factor masking (a sent coordinate's momentum is
+    spent, so it does not push a stale direction later). So Σ sent + v = Σ_t u_t. With m = 0 this is
+    plain error feedback. A non-finite input leaves u and v as they were (the step is skipped on every rank);
+    the step clock advances all the same, so every rank keeps the same k.
+    """
+
+    def __init__(self, codec: TopK, clip_norm: float = 0.0) -> None:
+        super().__init__(codec)
+        self.clip_norm = clip_norm
+        """The local clipping threshold in this payload's units (see :func:`local_clip_norm`)."""
+        self.velocity: torch.Tensor | None = None
+        self.steps = 0
+
+    def compress(self, x: torch.Tensor) -> Encoded:
+        dgc = self.codec.dgc
+        ratio = dgc.ratio_at(self.steps, self.codec.ratio)
+        self.steps += 1
+        g = clipped(x.detach(), self.clip_norm)
+        velocity = g if self.velocity is None else dgc.momentum * self.velocity + g
+        accumulation = velocity if self.residual is None else self.residual + velocity
+        encoded = self.codec.encode(accumulation, ratio)
+        if bool(torch.isfinite(accumulation).all()):
+            sent = encoded.tensors["indices"].long()
+            self.velocity = masked(velocity, sent) if dgc.masking else velocity.clone()
+            self.residual = masked(accumulation, sent)
+        return encoded
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "steps": self.steps,
+                "velocity": None if self.velocity is None else self.velocity.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.velocity, self.steps = state["velocity"], int(state["steps"])
+
+
+def local_clip_norm(codec: Codec, workers: int, payload_scale: float = 1.0) -> float:
+    """DGC's local clipping threshold for one worker's payload: clip · W^(−1/2) (so W independent
+    clipped gradients sum to about ``clip``), times what the gradient is scaled by in the payload
+    (allreduce sends g_i / W); 0 where the codec does not clip."""
+    dgc = getattr(codec, "dgc", None)
+    return dgc.clip * workers ** -0.5 * payload_scale if dgc is not None and dgc.clip else 0.0
+
+
 class Compression:
     """A strategy's codec and one error-feedback memory per payload it sends (a bucket, the flat
     parameters), created on first use; checkpointed with the strategy so resume is exact.
@@ -329,9 +465,11 @@ class Compression:
     (:func:`agentsync.sync.compressed.choco_exchange`: the copy is the memory, x − x̂ what is still
     to send), PowerSGD's warm-start Q and residuals (:func:`agentsync.sync.compressed.power_sum`)."""
 
-    def __init__(self, codec: Codec, stats=None) -> None:
+    def __init__(self, codec: Codec, stats=None, *, clip_norm: float = 0.0) -> None:
         self.codec, self.stats = codec, stats
         """``stats``: a :class:`~agentsync.comm.CommStats` whose ``codec_time_s`` gets the encode/decode time."""
+        self.clip_norm = clip_norm
+        """DGC's local clipping threshold per payload (:func:`local_clip_norm`)."""
         self.feedback: dict[str, ErrorFeedback] = {}
         self.copies: dict[str, torch.Tensor] = {}
 
@@ -359,9 +497,16 @@ class Compression:
             self.copies[key] = torch.zeros_like(like)
         return self.copies[key]
 
+    def new_feedback(self) -> ErrorFeedback:
+        """A payload's memory: DGC's (velocity, accumulation, step clock) where top-k has DGC options."""
+        dgc = getattr(self.codec, "dgc", None)
+        if dgc is not None and dgc.active:
+            return MomentumFeedback(self.codec, self.clip_norm)
+        return ErrorFeedback(self.codec)
+
     def compress(self, key: str, x: torch.Tensor) -> Encoded:
         if key not in self.feedback:
-            self.feedback[key] = ErrorFeedback(self.codec)
+            self.feedback[key] = self.new_feedback()
         with self.timed():
             return self.feedback[key].compress(x)
 
@@ -373,5 +518,5 @@ class Compression:
     def load_state_dict(self, state: dict) -> None:
         self.codec.load_state_dict(state["codec"])
         for key, saved in state["feedback"].items():
-            self.feedback.setdefault(key, ErrorFeedback(self.codec)).load_state_dict(saved)
+            self.feedback.setdefault(key, self.new_feedback()).load_state_dict(saved)
         self.copies = {k: c.clone() for k, c in state.get("copies", {}).items()}

@@ -103,6 +103,12 @@ class AllReduce(Strategy):
     description = "average gradients every step by bucketed all-reduce (DDP); replicas identical"
     supports_compression = True
     takes_low_rank = True
+    sends_gradients = True
+
+    @property
+    def payload_scale(self) -> float:
+        """A bucket holds g_i / W when it is encoded (the decoded sum is the mean)."""
+        return 1.0 / self.num_workers
 
     def _setup(self) -> None:
         super()._setup()

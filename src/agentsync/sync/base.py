@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from agentsync.comm import Comm
-from agentsync.compress import Compression, is_none, parse_codec
+from agentsync.compress import Compression, dgc_options, is_none, local_clip_norm, parse_codec
 from agentsync.errors import ConfigError
 from agentsync.membership import PeerLost
 from agentsync.optim import OptimizerConfig
@@ -69,6 +69,11 @@ class Strategy(abc.ABC):
     """Codecs this strategy refuses although it compresses, each with the reason (one line)."""
     takes_low_rank: ClassVar[bool] = False
     """True where the payload is laid out by parameter so a low-rank codec (powersgd) sees matrices."""
+    sends_gradients: ClassVar[bool] = False
+    """True where the compressed payload is a gradient, so DGC's top-k options (momentum correction,
+    local clipping, warm-up) apply; parameters and their changes refuse them."""
+    refused_options: ClassVar[dict[str, str]] = {}
+    """Codec options (e.g. ``warmup``) this strategy refuses although it takes the codec, with the reason."""
     max_steps: int | None = None
     """The run's step budget when the runtime drives the loop (lets global-step strategies stop early)."""
 
@@ -87,7 +92,14 @@ class Strategy(abc.ABC):
         if is_none(spec):
             return None
         check_compression(type(self), self.config.name, spec)
-        return Compression(parse_codec(spec, rank=self.comm.rank), self.comm.stats)
+        codec = parse_codec(spec, rank=self.comm.rank)
+        return Compression(codec, self.comm.stats,
+                           clip_norm=local_clip_norm(codec, self.num_workers, self.payload_scale))
+
+    @property
+    def payload_scale(self) -> float:
+        """What a worker's gradient is multiplied by in the payload it compresses (1: sent as it is)."""
+        return 1.0
 
     @classmethod
     def world_size(cls, workers: int, servers: int) -> int:
@@ -115,6 +127,7 @@ class Strategy(abc.ABC):
         ``rule`` says how a gradient becomes an update (clipping, learning-rate schedule); a
         bring-your-own loop may leave it out and clip between ``backward()`` and :meth:`step`.
         """
+        check_momentum_correction(self.comm.config.compression, *optimizer_momentum(optimizer))
         self.model, self.optimizer = model, optimizer
         self.update = rule.build(optimizer, self.max_steps)
         if self._restored is not None:
@@ -238,6 +251,45 @@ def check_compression(cls: type[Strategy], strategy: str, spec: str) -> None:
                          if other.supports_compression and codec not in other.refused_codecs)
         raise ConfigError(f"comm.compression={spec} is not supported by strategy {strategy} "
                           f"({cls.refused_codecs[codec]}); strategies that support {codec}: {able}")
+    check_dgc_options(cls, strategy, spec)
+
+
+def check_dgc_options(cls: type[Strategy], strategy: str, spec: str) -> None:
+    """DGC's options need a gradient transport, and one that can carry what they do (see
+    :attr:`Strategy.sends_gradients`, :attr:`Strategy.refused_options`)."""
+    from agentsync.sync import STRATEGIES  # the registry imports this module
+    for option in dgc_options(spec):
+        if not cls.sends_gradients:
+            why = "it sends parameters or their changes, not gradients; DGC's options act on gradients"
+        elif option in cls.refused_options:
+            why = cls.refused_options[option]
+        else:
+            continue
+        able = ", ".join(name for name, other in STRATEGIES.items()
+                         if other.sends_gradients and option not in other.refused_options)
+        raise ConfigError(f"comm.compression={spec}: {option}= is not supported by strategy {strategy} ({why}); "
+                          f"strategies that support it: {able}")
+
+
+def optimizer_momentum(optimizer: torch.optim.Optimizer) -> tuple[str, float]:
+    """The optimizer's name and the momentum it applies (non-SGD optimizers keep moments of their own: 1)."""
+    if not isinstance(optimizer, torch.optim.SGD):
+        return type(optimizer).__name__.lower(), 1.0
+    return "sgd", max(float(group.get("momentum", 0.0)) for group in optimizer.param_groups)
+
+
+def check_momentum_correction(spec: str, optimizer: str, momentum: float) -> None:
+    """DGC's momentum correction applies the momentum on the workers: the optimizer must be plain SGD,
+    or momentum would be applied twice. Refused, never changed behind the user's back."""
+    if is_none(spec) or "momentum" not in dgc_options(spec):
+        return
+    if optimizer != "sgd":
+        raise ConfigError(f"comm.compression={spec}: momentum correction needs plain SGD, not {optimizer} (which "
+                          "keeps moments of its own); --set optimizer.name=sgd --set optimizer.momentum=0")
+    if momentum:
+        raise ConfigError(f"comm.compression={spec}: momentum correction applies the momentum on the workers, "
+                          f"so the optimizer must not apply it again (optimizer.momentum={momentum:g}); "
+                          "--set optimizer.momentum=0")
 
 
 def compression_refused(strategy: str, spec: str) -> str:

@@ -91,6 +91,7 @@ class EASGD(ParameterServer):
     Worker = ElasticWorker
     Server = CenterServer
     supports_compression = True
+    sends_gradients = False  # it pushes parameter changes
     description = "elastic averaging: local steps, every tau steps an elastic exchange with a center on the servers"
 
     def _step(self) -> None:

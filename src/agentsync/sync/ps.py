@@ -50,6 +50,9 @@ class ParameterServer(Strategy):
     tolerates_worker_loss = True
     refused_codecs = {"randk": "its indices come from a generator the ranks advance in step, and a server "
                                "hears the workers out of step"}
+    sends_gradients = True
+    refused_options = {"warmup": "a push's wire size is fixed by the channel's template, which sender and server "
+                                 "share, so the kept ratio cannot vary from step to step"}
 
     def __init__(self, config: StrategyConfig, comm, *, num_workers: int | None = None) -> None:
         super().__init__(config, comm, num_workers=num_workers)
