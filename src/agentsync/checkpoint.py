@@ -16,6 +16,7 @@ admits DCP's metadata classes only. Format 1 (one file holding every rank's stat
 """
 from __future__ import annotations
 
+import functools
 import io
 import os
 import pickle
@@ -26,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed.checkpoint as dcp
 
 from agentsync.errors import ConfigError
 
@@ -117,6 +117,8 @@ def save_rank_state(run_dir: Path, step: int, rank: int, state: dict) -> None:
     tensors: dict[str, torch.Tensor] = {}
     skeleton = split_tensors(state, tensors)
     tensors[SKELETON] = torch.frombuffer(bytearray(to_bytes(skeleton)), dtype=torch.uint8)
+    import torch.distributed.checkpoint as dcp  # here: importing it costs a process ~1.5 s
+
     with warnings.catch_warnings():  # DCP warns that it saves without a process group: that is the intent
         warnings.simplefilter("ignore")
         dcp.save(tensors, storage_writer=dcp.FileSystemWriter(tmp), no_dist=True)
@@ -147,15 +149,21 @@ class MetadataUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a checkpoint's metadata")
 
 
-class SafeReader(dcp.FileSystemReader):
-    """DCP's file reader, with its metadata read by :class:`MetadataUnpickler`."""
+@functools.cache
+def safe_reader() -> type:
+    """DCP's file reader, with its metadata read by :class:`MetadataUnpickler` (a class made on first
+    use: importing DCP costs a process ~1.5 s, which a run that never checkpoints should not pay)."""
+    import torch.distributed.checkpoint as dcp
 
-    def read_metadata(self, *args: Any, **kwargs: Any):
-        with open(Path(self.path) / ".metadata", "rb") as f:
-            metadata = MetadataUnpickler(f).load()
-        metadata.storage_meta = dcp.metadata.StorageMeta()
-        metadata.storage_meta.load_id = self.load_id
-        return metadata
+    class SafeReader(dcp.FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any):
+            with open(Path(self.path) / ".metadata", "rb") as f:
+                metadata = MetadataUnpickler(f).load()
+            metadata.storage_meta = dcp.metadata.StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return SafeReader
 
 
 def check_rank_folder(folder: Path) -> None:
@@ -163,8 +171,10 @@ def check_rank_folder(folder: Path) -> None:
     as long as the metadata says."""
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is missing")
-    metadata = SafeReader(folder).read_metadata()
-    if any(not isinstance(m, dcp.metadata.TensorStorageMetadata) for m in metadata.state_dict_metadata.values()):
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    metadata = safe_reader()(folder).read_metadata()
+    if any(not isinstance(m, TensorStorageMetadata) for m in metadata.state_dict_metadata.values()):
         raise ValueError("it holds values that are not tensors")
     for info in metadata.storage_data.values():
         path = folder / info.relative_path
@@ -176,7 +186,9 @@ def read_rank_state(folder: Path) -> dict:
     """The state :func:`save_rank_state` wrote in ``folder``; an unreadable one is a :class:`ConfigError`."""
     try:
         check_rank_folder(folder)
-        reader = SafeReader(folder)
+        import torch.distributed.checkpoint as dcp
+
+        reader = safe_reader()(folder)
         template = {key: torch.empty(m.size, dtype=m.properties.dtype)
                     for key, m in reader.read_metadata().state_dict_metadata.items()}
         with warnings.catch_warnings():

@@ -42,10 +42,11 @@ from agentsync.runtime import ProgressFactory, run_worker
 
 GRACE_S = 10.0
 POLL_S = 0.05
-PRELOAD = ["agentsync.runtime", "agentsync.tasks", "torch._dynamo"]
+PRELOAD = ["agentsync.runtime", "agentsync.tasks", "torch._dynamo", "torch.distributed.checkpoint"]
 """Imported once by the fork server that starts the ranks, so each rank starts as a fork of a
 process that has them already (torch and the rest take seconds to import; a rank would pay it
-each time). ``torch._dynamo`` is there because every optimizer's constructor imports it."""
+each time). ``torch._dynamo`` is there because every optimizer's constructor imports it, DCP because
+every rank writes its own checkpoint with it."""
 
 
 def _entry(cfg: RunConfig, run_dir: str, resume: bool, progress: ProgressFactory | None, env: dict) -> None:
