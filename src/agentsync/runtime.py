@@ -293,7 +293,9 @@ class Worker:
     def _save(self, step: int, model_state: dict, gathered: list[bytes]) -> list[dict]:
         save_checkpoint(self.run_dir, step=step, elapsed_s=self._elapsed(), workers=self.cfg.workers,
                         model=model_state, ranks=gathered)
-        return [from_bytes(p) for p in gathered]
+        peak = peak_rss_mb()  # the reporter's peak, now including gathering and writing the checkpoint
+        return [{**p, "peak_rss_mb": peak, "checkpoint_rss_rise_mb": round(peak - p["peak_rss_mb"], 1)}
+                if p["rank"] == self.rank else p for p in map(from_bytes, gathered)]
 
     def _restore(self, checkpoint: dict) -> None:
         """Load the state of this rank's source rank (see :func:`~agentsync.checkpoint.source_rank`), only that."""
@@ -400,9 +402,8 @@ class Worker:
             summary["actors"] = merge_reports(feeds, summary["throughput"].get("train_samples_per_s"))
         if self.comm.membership and self.comm.membership.lost:
             summary["lost_ranks"] = self.comm.membership.lost
-        peaks = {str(p["rank"]): p["peak_rss_mb"] for p in payloads}
-        peaks[str(self.rank)] = peak_rss_mb()  # the reporter's, after gathering and saving
-        summary["peak_rss_mb_by_rank"] = peaks
+        summary["peak_rss_mb_by_rank"] = {str(p["rank"]): p["peak_rss_mb"] for p in payloads}  # at the final checkpoint
+        summary["checkpoint_rss_rise_mb"] = next(p["checkpoint_rss_rise_mb"] for p in payloads if p["rank"] == self.rank)
         summary["restarts"] = restarts()
         summary["ok"] = True
         return summary
