@@ -67,3 +67,14 @@ def train(out: Path, *args: str, timeout: float = 240) -> dict:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def assert_train_refused(argv: list[str], expected: str, folder: Path, capsys) -> None:
+    """``agentsync train ARGV``, run in ``folder`` (the caller's working directory), exits 2 with one
+    line that names ``expected``, and writes nothing."""
+    from agentsync.cli import main
+
+    assert main(["train", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("agentsync: error: ") and expected in err, err
+    assert list(folder.iterdir()) == []

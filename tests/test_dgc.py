@@ -9,11 +9,10 @@ import math
 import pytest
 import torch
 
-from agentsync.cli import main
 from agentsync.comm import Comm, CommConfig
 from agentsync.compress import Compression, MomentumFeedback, local_clip_norm, parse_codec
 from agentsync.errors import ConfigError
-from conftest import agentsync, train
+from conftest import agentsync, assert_train_refused, train
 
 N = 3000
 SGD = ["--set", "optimizer.name=sgd", "--set", "optimizer.lr=0.05"]
@@ -146,10 +145,7 @@ BAD = {
 def test_bad_dgc_option_is_one_line_exit_2(case, tmp_path, capsys, monkeypatch):
     argv, expected = BAD[case]
     monkeypatch.chdir(tmp_path)
-    assert main(["train", *argv]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("agentsync: error: ") and expected in err, err
-    assert list(tmp_path.iterdir()) == []
+    assert_train_refused(argv, expected, tmp_path, capsys)
 
 
 # -- two workers --------------------------------------------------------------------------------
