@@ -14,7 +14,7 @@ survivors *abort and re-create* the group, as torchft does per quorum:
    naming them, ranks renumbered in their old order, and raises :class:`PeerLost`. A survivor
    blocked in the old group on a live peer (not the dead rank's neighbour in a ring) fails only
    when its operation times out (``comm.timeout_s``), so the new group's rendezvous waits for
-   twice that before giving up.
+   several of those (:data:`REGROUP_TIMEOUTS`) before giving up.
 3. The strategy drops the synchronization it was in (the step's local update stands) and, at the
    start of the next step, every survivor agrees on the furthest step reached
    (:meth:`~agentsync.sync.base.Strategy.rejoin`), so all of them make the same calls from there on.
@@ -31,6 +31,10 @@ import torch.distributed as dist
 
 LOSSES = "agentsync/losses"
 ANNOUNCE_WAIT_S = 10.0
+REGROUP_TIMEOUTS = 6
+"""How many operation timeouts (``comm.timeout_s``) the new group's rendezvous waits for a late
+survivor: one per peer it may be blocked behind, with room for a loaded machine (a survivor once
+came 80-100 s late with a 20 s timeout on 2 busy cores)."""
 """How long a survivor waits for the launcher to announce the loss behind a failed operation."""
 
 
@@ -88,9 +92,11 @@ class Membership:
         dist.destroy_process_group()
         rank, size = self.members.index(me), len(self.members)
         prefix = dist.PrefixStore(f"agentsync/group-{'-'.join(map(str, self.members))}", self.store)
-        self.store.set_timeout(2 * self.timeout + datetime.timedelta(seconds=ANNOUNCE_WAIT_S))
-        try:
-            dist.init_process_group(self.backend, store=prefix, rank=rank, world_size=size, timeout=self.timeout)
+        window = REGROUP_TIMEOUTS * self.timeout + datetime.timedelta(seconds=ANNOUNCE_WAIT_S)
+        self.store.set_timeout(window)
+        try:  # gloo's rendezvous waits as long as the group's timeout: the window, then back for operations
+            dist.init_process_group(self.backend, store=prefix, rank=rank, world_size=size, timeout=window)
+            dist.distributed_c10d._set_pg_timeout(self.timeout)
         finally:
             self.store.set_timeout(self.timeout)
         self.pending = True
