@@ -31,11 +31,11 @@ import torch.distributed as dist
 
 LOSSES = "agentsync/losses"
 ANNOUNCE_WAIT_S = 10.0
+"""How long a survivor waits for the launcher to announce the loss behind a failed operation."""
 REGROUP_TIMEOUTS = 6
 """How many operation timeouts (``comm.timeout_s``) the new group's rendezvous waits for a late
 survivor: one per peer it may be blocked behind, with room for a loaded machine (a survivor once
 came 80-100 s late with a 20 s timeout on 2 busy cores)."""
-"""How long a survivor waits for the launcher to announce the loss behind a failed operation."""
 
 
 class PeerLost(RuntimeError):

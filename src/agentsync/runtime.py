@@ -3,9 +3,9 @@
 Each process of a job calls :func:`run_worker`. Workers train; server ranks of a parameter-server
 strategy serve inside ``strategy.setup`` and rejoin here for the end-of-run collection. The rank
 the strategy names reporter (worker 0 by default) writes checkpoint.pt and summary.json; every
-rank writes its own checkpoint state and appends its own lines to metrics.jsonl. In an actor-learner job the ranks after the
-strategy's are actors (:mod:`agentsync.actors`): they act until their learner says stop, and the
-strategy's ranks run here on a sub-group of their own.
+rank writes its own checkpoint state and appends its own lines to metrics.jsonl. In an
+actor-learner job the ranks after the strategy's are actors (:mod:`agentsync.actors`): they act
+until their learner says stop, and the strategy's ranks run here on a sub-group of their own.
 """
 from __future__ import annotations
 
