@@ -379,3 +379,23 @@ def test_advise_models_the_encoded_payload_and_warns_for_lossy_codecs():
     assert "residual" in sparse.warning and half.warning == "" and dense.codec == "none"
     push = run("ps-sync", "topk:ratio=0.01")  # encoded push, dense answer: headers on both
     assert push.bytes_per_step == analytic_nbytes("topk:ratio=0.01", n) + 32
+
+
+def test_advise_models_powersgd_from_the_model_matrices():
+    """digits' MLP, rank 2: P has 2 rows per matrix row plus the biases as they are, Q 2 per column;
+    two ring all-reduces send 2(W − 1)/W of them; the factorisation is timed; local-sgd cannot take it."""
+    from agentsync.comm import NetSim
+    from agentsync.config import load_config
+    from agentsync.report.advise import advise, model_bytes, predict
+
+    net, workers = NetSim.parse("latency=0ms,bandwidth=100Mbit"), 4
+    cfg = load_config(None, flags={"workers": workers, "comm.compression": "powersgd:rank=2"})
+    low = predict(cfg, net, compute_s=0.0, nbytes=model_bytes(cfg), cores=workers)
+    p = (128 + 128 + 10) * 2 + 128 + 128 + 10  # (128,64), (128,128), (10,128) and three biases
+    q = (64 + 128 + 128) * 2
+    assert low.bytes_per_step == 2 * (workers - 1) / workers * 4 * (p + q)
+    assert low.comm_s == pytest.approx(low.bytes_per_step / net.bandwidth_Bps)
+    assert low.codec_s > 0 and low.step_time_s == low.codec_s + low.comm_s
+    names = [(r.strategy, r.codec) for r in advise("digits", ["allreduce", "local-sgd"], workers, net,
+                                                  compressions=["powersgd:rank=2"])]
+    assert names == [("allreduce", "powersgd:rank=2")]

@@ -4,7 +4,9 @@
 
 With a codec (``--compress``, a dimension like the strategies) the communication is that of the
 encoded payload, and encoding/decoding a model-sized tensor is measured here too (a gathered
-codec decodes W payloads); codecs known to cost convergence are warned about.
+codec decodes W payloads); codecs known to cost convergence are warned about. ``powersgd`` is
+modelled from the model's matrices: two all-reduces per step (P with the parameters it sends as
+they are, then Q), and the factorisation of a model-shaped gradient timed here.
 
 With P pipeline stages (``--stages P``, M = ``parallel.microbatches``) each rank computes 1/P of
 the model, the schedule leaves it idle for the bubble, and activations cross the stage boundaries:
@@ -23,19 +25,25 @@ simulated network's cost is added by the model.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
-from agentsync.comm import NetSim
-from agentsync.compress import Codec, is_none, parse_codec
+from agentsync.comm import Comm, CommConfig, CommStats, NetSim
+from agentsync.compress import Codec, Compression, PowerSGD, is_none, parse_codec
 from agentsync.config import RunConfig, load_config
 from agentsync.errors import ConfigError
-from agentsync.report.costs import TRANSPORTS, compressed_step_cost, period, step_cost
+from agentsync.report.costs import TRANSPORTS, compressed_step_cost, low_rank_step_cost, period, step_cost
+from agentsync.sync import STRATEGIES
+from agentsync.sync.base import check_compression
+from agentsync.sync.compressed import power_floats, power_sum
 from agentsync.tasks import build_task
 
 # Strategies whose steps buy less progress than allreduce's: the advice says so next to the time.
@@ -111,11 +119,20 @@ def pipeline_shape(cfg: RunConfig) -> PipelineShape:
                          max(t.numel() * t.element_size() for t in boundaries))
 
 
-def measure_compute(cfg: RunConfig, steps: int = 20, warmup: int = 5) -> float:
-    """Seconds of one worker's loss + backward + optimizer step, on one torch thread."""
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Measure as a worker runs: on one torch thread."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def measure_compute(cfg: RunConfig, steps: int = 20, warmup: int = 5) -> float:
+    """Seconds of one worker's loss + backward + optimizer step, on one torch thread."""
+    with one_thread():
         torch.manual_seed(cfg.seed)
         task = build_task(cfg.task, worker_rank=0, num_workers=cfg.workers, seed=cfg.seed)
         model = task.build_model()
@@ -128,19 +145,38 @@ def measure_compute(cfg: RunConfig, steps: int = 20, warmup: int = 5) -> float:
             loss.backward()
             optimizer.step()
         return (time.perf_counter() - start) / steps
-    finally:
-        torch.set_num_threads(threads)
 
 
 def measure_codec(codec: Codec, nbytes: int, decodes: int, repeats: int = 5) -> tuple[int, float]:
     """Encoded bytes of a model-sized float32 tensor, and seconds to encode it once and decode ``decodes`` times."""
     x = torch.randn(nbytes // 4, generator=torch.Generator().manual_seed(0))
-    start = time.perf_counter()
-    for _ in range(repeats):
-        encoded = codec.encode(x)
-        for _ in range(decodes):
-            codec.decode(encoded)
-    return codec.nbytes(encoded), (time.perf_counter() - start) / repeats
+    with one_thread():
+        start = time.perf_counter()
+        for _ in range(repeats):
+            encoded = codec.encode(x)
+            for _ in range(decodes):
+                codec.decode(encoded)
+        return codec.nbytes(encoded), (time.perf_counter() - start) / repeats
+
+
+def param_shapes(cfg: RunConfig) -> list[torch.Size]:
+    task = build_task(cfg.task, worker_rank=0, num_workers=cfg.workers, seed=cfg.seed)
+    return [p.shape for p in task.build_model().parameters() if p.requires_grad]
+
+
+def measure_power_sum(codec: PowerSGD, shapes: list[torch.Size], repeats: int = 5) -> float:
+    """Seconds of one step's PowerSGD factorisation of a gradient shaped as the model (one rank, so
+    no network): the products with Q and P, the orthogonalisation and the residual."""
+    stats = CommStats()
+    compression = Compression(PowerSGD(codec.rank, 0, codec.seed), stats)
+    grad = torch.randn(sum(math.prod(s) for s in shapes), generator=torch.Generator().manual_seed(0))
+    comm = Comm(0, 1, CommConfig())
+    with one_thread():
+        power_sum(comm, compression, "advise", grad.clone(), shapes)  # the first step draws Q
+        stats.codec_time_s = 0.0
+        for _ in range(repeats):
+            power_sum(comm, compression, "advise", grad.clone(), shapes)
+    return stats.codec_time_s / repeats
 
 
 def predict(cfg: RunConfig, net: NetSim, compute_s: float, nbytes: int, cores: int | None = None,
@@ -161,17 +197,33 @@ def predict(cfg: RunConfig, net: NetSim, compute_s: float, nbytes: int, cores: i
     else:
         codec = parse_codec(spec)
         if getattr(codec, "low_rank", False):
-            raise ConfigError(f"advise --compress {spec}: powersgd's bytes depend on the model's matrices and are not "
-                              "modelled yet; codecs advise models: fp16, bf16, int8, qsgd, sign, topk, randk")
-        gathered = TRANSPORTS[cfg.strategy.name] == "collective" and not codec.linear
-        wire, codec_s = measure_codec(codec, synced, cfg.workers if gathered else 1)
-        cost = compressed_step_cost(cfg.strategy, net, synced, wire, codec.linear, cfg.workers, cfg.servers)
-        codec_s /= period(cfg.strategy)  # encoded once per synchronisation
+            if shape is not None:
+                raise ConfigError(f"advise --compress {spec}: powersgd is modelled for one stage only (--stages 1)")
+            shapes = param_shapes(cfg)
+            cost = low_rank_step_cost(net, *power_floats(shapes, codec.rank), cfg.workers)
+            codec_s = measure_power_sum(codec, shapes)
+        else:
+            gathered = TRANSPORTS[cfg.strategy.name] == "collective" and not codec.linear
+            wire, codec_s = measure_codec(codec, synced, cfg.workers if gathered else 1)
+            cost = compressed_step_cost(cfg.strategy, net, synced, wire, codec.linear, cfg.workers, cfg.servers)
+            codec_s /= period(cfg.strategy)  # encoded once per synchronisation
         warnings.append(CODEC_WARNINGS.get(spec.split(":")[0], ""))
     note = cost.note + (f"; P={stages}, M={m}: bubble {bubble:.0%}" if stages > 1 else "")
     return Prediction(cfg.strategy.name, compute + codec_s + hops + cost.seconds, compute, cost.seconds + hops,
                       cost.bytes_sent + activations, note, "; ".join(w for w in warnings if w), stages, bubble,
                       hops, activations, spec, codec_s)
+
+
+def takes(strategy: str, spec: str) -> bool:
+    """Whether ``strategy`` can send through codec ``spec`` (a bad spec itself is still an error)."""
+    if is_none(spec):
+        return True
+    parse_codec(spec)
+    try:
+        check_compression(STRATEGIES[strategy], strategy, spec)
+    except ConfigError:
+        return False
+    return True
 
 
 def advise(task: str, strategies: list[str], workers: int, net: NetSim, *, servers: int = 1,
@@ -183,7 +235,7 @@ def advise(task: str, strategies: list[str], workers: int, net: NetSim, *, serve
     predictions, compute, nbytes, shape = [], None, None, None
     for name in strategies:
         for spec in compressions:
-            if not is_none(spec) and name not in TRANSPORTS:
+            if not takes(name, spec):
                 continue
             cfg = load_config(None, flags={"task.name": task, "strategy.name": name, "workers": workers,
                                            "servers": servers, "parallel.stages": stages,

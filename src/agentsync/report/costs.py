@@ -79,6 +79,13 @@ def period(config) -> int:
     return next((getattr(config, k) for k in ("period", "inner_steps", "tau") if hasattr(config, k)), 1)
 
 
+def low_rank_step_cost(net: NetSim, p_floats: int, q_floats: int, workers: int) -> StepCost:
+    """PowerSGD's step: an all-reduce of every P (and of what is sent as it is), then one of every Q."""
+    p, q = StepCost.all_reduce(net, 4 * p_floats, workers), StepCost.all_reduce(net, 4 * q_floats, workers)
+    return StepCost(p.seconds + q.seconds, p.bytes_sent + q.bytes_sent,
+                    f"all-reduces of P and Q: {4 * (p_floats + q_floats) / 1e3:.3g} kB")
+
+
 def compressed_step_cost(config, net: NetSim, model_bytes: int, wire_bytes: int, linear: bool, workers: int,
                          servers: int) -> StepCost:
     """The communication cost of one step when the payload travels encoded in ``wire_bytes``: a linear

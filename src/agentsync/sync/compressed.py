@@ -124,6 +124,21 @@ def choco_exchange(comm: Comm, compression: Compression, key: str, mine: torch.T
     return other - own
 
 
+def low_rank_indices(shapes: list[torch.Size], rank: int) -> list[int]:
+    """The payloads PowerSGD sends as P Qᵀ: matrices (viewed as rows × the rest) whose rank-``rank``
+    factors are smaller than they are; the others travel as they are."""
+    return [i for i, s in enumerate(shapes) if len(s) >= 2 and rank < min(s[0], math.prod(s) // s[0])]
+
+
+def power_floats(shapes: list[torch.Size], rank: int) -> tuple[int, int]:
+    """Floats in PowerSGD's two all-reduces per step: P (rows × rank per matrix, plus the payloads
+    sent as they are) and Q (columns × rank per matrix)."""
+    low = set(low_rank_indices(shapes, rank))
+    p = sum(s[0] * rank if i in low else math.prod(s) for i, s in enumerate(shapes))
+    q = sum(math.prod(s) // s[0] * rank for i, s in enumerate(shapes) if i in low)
+    return p, q
+
+
 @torch.no_grad()
 def power_sum(comm: Comm, compression: Compression, key: str, tensor: torch.Tensor,
               shapes: list[torch.Size]) -> Done:
@@ -144,8 +159,7 @@ def power_sum(comm: Comm, compression: Compression, key: str, tensor: torch.Tens
             n = math.prod(shape)
             views.append(tensor[offset:offset + n])
             offset += n
-        low = [i for i, (v, s) in enumerate(zip(views, shapes))
-               if len(s) >= 2 and codec.rank < min(s[0], v.numel() // s[0])]
+        low = low_rank_indices(shapes, codec.rank)
         dense = [i for i in range(len(views)) if i not in low]
         matrices, qs = [], []
         for i in low:
