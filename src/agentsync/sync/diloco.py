@@ -24,11 +24,12 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from agentsync.comm import Work
 from agentsync.optim import OptimizerConfig
 from agentsync.options import check
 from agentsync.sync.averaging import Decentralized, average_buffers_, flatten, unflatten_
 from agentsync.sync.base import StrategyConfig
-from agentsync.sync.compressed import all_sum_async
+from agentsync.sync.compressed import Decoding, all_sum_async
 from agentsync.sync.fragments import Fragment, fragments_of
 
 
@@ -42,11 +43,11 @@ class DiLoCoConfig(StrategyConfig):
     outer_momentum: float = 0.9
     """Outer Nesterov momentum, in [0, 1) (0: plain SGD)."""
     fragments: int = 1
-    """Streaming DiLoCo's K: parameter tensors cut into K fragments balanced by size, synced in turn, ⌊H/K⌋ steps apart (1 <= K <= H)."""
+    """Streaming DiLoCo's K: the tensors in K fragments balanced by size, synced in turn ⌊H/K⌋ steps apart."""
     overlap: int = 0
-    """Streaming DiLoCo's τ: inner steps a fragment's all-reduce runs behind before it is applied (τ·K < H)."""
+    """Streaming DiLoCo's τ: inner steps a fragment's sync runs behind before it is applied (τ·K < H)."""
     mix: float = 0.0
-    """Streaming DiLoCo's α, in [0, 1): θ ← α θ_local + (1 − α) θ_global when a sync lands (0 replaces; the paper's 0.5 with overlap)."""
+    """Streaming DiLoCo's α in [0, 1): θ ← α θ + (1 − α) θ_synced as a sync lands (0 replaces; paper: 0.5, τ > 0)."""
 
     def validate(self, section: str) -> None:
         check(self.inner_steps >= 1, f"{section}.inner_steps", ">= 1", self.inner_steps)
@@ -69,7 +70,7 @@ class InFlight:
     """The step after whose update it is applied."""
     payload: torch.Tensor
     """Being summed over the group: θ_i's slice, or θ_start − θ_i's under compression; then Δ."""
-    work: object | None
+    work: Work | Decoding | None
     """The transport's handle (``wait()``), None once landed: ``payload`` is then Δ, the mean pseudo-gradient."""
 
 
@@ -128,7 +129,8 @@ class DiLoCo(Decentralized):
         if self.compression is None:
             return InFlight(fragment, due, local, self.comm.all_reduce_async(local))
         payload = self.starts[fragment.index].detach() - local
-        return InFlight(fragment, due, payload, all_sum_async(self.comm, self.compression, self._key(fragment), payload))
+        work = all_sum_async(self.comm, self.compression, self._key(fragment), payload)
+        return InFlight(fragment, due, payload, work)
 
     @torch.no_grad()
     def _land(self, sync: InFlight) -> torch.Tensor:
@@ -169,6 +171,7 @@ class DiLoCo(Decentralized):
 
     def state_dict(self) -> dict:
         self._land_all()
-        in_flight = [{"fragment": s.fragment.index, "due": s.due, "delta": s.payload.clone()} for s in self.in_flight]
+        in_flight = [{"fragment": s.fragment.index, "due": s.due, "delta": s.payload.clone()}
+                     for s in self.in_flight]
         return {**super().state_dict(), "start": torch.cat([s.detach() for s in self.starts]),
                 "outer": self.outer.state_dict(), "in_flight": in_flight}
