@@ -24,10 +24,12 @@ def run(*args: str) -> tuple[dict, list[dict]]:
     return summary, events
 
 
-def first_reaching(events: list[dict], metric: str, target: float) -> dict | None:
-    """The first evaluation at or above ``target`` (rank 0's eval events carry time and bytes)."""
+def first_reaching(events: list[dict], metric: str, target: float, *, lower_is_better: bool = False) -> dict | None:
+    """The first evaluation at or above ``target`` (at or below it for a loss); rank 0's eval events
+    carry time and bytes."""
+    sign = -1 if lower_is_better else 1
     for e in sorted((e for e in events if e["event"] == "eval"), key=lambda e: e["step"]):
-        if e.get(metric) is not None and e[metric] >= target:
+        if e.get(metric) is not None and sign * e[metric] >= sign * target:
             return e
     return None
 

@@ -1,12 +1,19 @@
 """Compression: bytes to reach a target accuracy on digits with W = 4, codec × strategy, against
-uncompressed allreduce; and time to target under a slow simulated network.
+uncompressed allreduce; time to target under a slow simulated network; and DiLoCo on charlm.
 
-    .venv/bin/python bench/compression.py [--steps 300] [--target 0.95] [--part digits|net|all]
+    .venv/bin/python bench/compression.py [--steps 300] [--target 0.95] [--part digits|net|charlm|all]
+    .venv/bin/python bench/compression.py --part charlm [--charlm-steps 1000]   # long: ~W × steps of charlm
 
 Each configuration trains once with evaluation every 10 steps. Every strategy here sends the same
 volume every step (or every period), so the bytes until the first evaluation reaching the target
 are the run's total bytes (all ranks, servers included) × steps_to_target / steps. ``net`` times
 allreduce uncompressed against the best codec under latency=20ms,bandwidth=100Mbit.
+
+``charlm`` (W = 4) trains allreduce, then diloco (H = 50, the optimizer the rule picks for diloco on
+charlm: AdamW at charlm's tuned lr 3e-3) with ``qsgd:bits=4`` and with ``topk:ratio=0.01``, plain
+and streaming (K = 4, τ = 5, α = 0.5). The target is allreduce's final held-out loss + 2 %; bytes to
+target are rank 0's count at the first evaluation reaching it × W (every rank sends the same under
+both strategies), and the reduction factor is allreduce's over each run's (the issue's goal: ≥ 400×).
 """
 from __future__ import annotations
 
@@ -29,6 +36,12 @@ CODECS = {
 }
 EXTRA = {("gossip", "topk:ratio=0.01"): ["--set", "strategy.consensus_step=0.2"]}  # CHOCO's γ for a sparse codec
 NET = "latency=20ms,bandwidth=100Mbit"
+DILOCO = ["--strategy", "diloco", "--set", "strategy.inner_steps=50"]
+STREAMING = ["--set", "strategy.fragments=4", "--set", "strategy.overlap=5", "--set", "strategy.mix=0.5"]
+CHARLM = {"allreduce +none": ["--strategy", "allreduce"],
+          **{f"diloco{tag} +{codec}": [*DILOCO, *streaming, "--compress", codec]
+             for tag, streaming in (("", []), (" streaming", STREAMING))
+             for codec in ("qsgd:bits=4", "topk:ratio=0.01")}}
 
 
 def measure(args, strategy: str, codec: str, *extra: str) -> dict:
@@ -45,12 +58,31 @@ def measure(args, strategy: str, codec: str, *extra: str) -> dict:
             "codec_time_s": summary["comm"].get("codec_time_s", 0.0), "wall_time_s": summary["wall_time_s"]}
 
 
+def charlm(args) -> dict:
+    """Each configuration of :data:`CHARLM` on charlm; bytes to allreduce's final loss + 2 %."""
+    runs = {name: run("--task", "charlm", "--workers", str(args.workers), "--steps", str(args.charlm_steps),
+                      "--set", f"eval_every={args.charlm_eval_every}", *options) for name, options in CHARLM.items()}
+    target = runs["allreduce +none"][0]["metrics"]["loss"] * 1.02
+    results = {}
+    for name, (summary, events) in runs.items():
+        hit = first_reaching(events, "loss", target, lower_is_better=True)
+        results[name] = {"final_loss": summary["metrics"]["loss"], "steps_to_target": hit["step"] if hit else None,
+                         "bytes_to_target": hit["bytes_sent"] * args.workers if hit else None,
+                         "bytes_total": summary["comm"]["bytes_sent"], "wall_time_s": summary["wall_time_s"]}
+    base = results["allreduce +none"]["bytes_to_target"]
+    for r in results.values():
+        r["bytes_reduction_vs_allreduce"] = base / r["bytes_to_target"] if base and r["bytes_to_target"] else None
+    return {"steps": args.charlm_steps, "target_loss": target, **results}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--target", type=float, default=0.95)
-    parser.add_argument("--part", choices=("digits", "net", "all"), default="all")
+    parser.add_argument("--part", choices=("digits", "net", "charlm", "all"), default="all")
+    parser.add_argument("--charlm-steps", type=int, default=1000)
+    parser.add_argument("--charlm-eval-every", type=int, default=50)
     args = parser.parse_args()
     out = {"benchmark": "compression", "task": "digits", "workers": args.workers, "steps": args.steps,
            "target_accuracy": args.target}
@@ -65,6 +97,8 @@ def main() -> None:
     if args.part in ("net", "all"):
         out["net"] = {"net": NET, **{f"allreduce +{c}": measure(args, "allreduce", c, "--net", NET)
                                      for c in ("none", "topk:ratio=0.01")}}
+    if args.part in ("charlm", "all"):
+        out["charlm"] = charlm(args)
     print(json.dumps(out, indent=2))
 
 

@@ -206,11 +206,14 @@ def resume_config(run_dir: Path, flags: dict, overrides: list[str], config_file:
 
 
 def preflight(cfg: RunConfig) -> None:
-    """Build worker 0's task and model here, so bad task options fail before any folder exists."""
+    """Build worker 0's task and model here, so bad task options, and strategy options the model
+    cannot take, fail before any folder exists."""
     from agentsync.tasks import build_task
 
     task = build_task(cfg.task, worker_rank=0, num_workers=cfg.workers, seed=cfg.seed)
-    cfg.optimizer.build(task.build_model().parameters())
+    model = task.build_model()
+    cfg.optimizer.build(model.parameters())
+    strategy_class(cfg.strategy.name).check_model(cfg.strategy, model)
 
 
 def when(lost: dict) -> str:

@@ -102,6 +102,11 @@ class Strategy(abc.ABC):
         return 1.0
 
     @classmethod
+    def check_model(cls, config: StrategyConfig, model: nn.Module) -> None:
+        """Raise a one-line :class:`ConfigError` where ``config`` cannot apply to ``model`` (checked
+        before the run starts, on worker 0's model; e.g. more DiLoCo fragments than tensors)."""
+
+    @classmethod
     def world_size(cls, workers: int, servers: int) -> int:
         """Processes the job needs for ``workers`` training ranks."""
         return workers
