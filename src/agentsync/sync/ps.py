@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from agentsync.comm import leave_process
-from agentsync.sync.base import Strategy, StrategyConfig, broadcast_model_
 from agentsync.compress import is_none
+from agentsync.sync.base import Strategy, StrategyConfig, broadcast_model_
 from agentsync.sync.ps_protocol import Kind, Layout, float_buffers, pack
 from agentsync.sync.ps_pull import check_pull_codec
 from agentsync.sync.ps_server import ServerRole

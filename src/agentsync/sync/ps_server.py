@@ -38,9 +38,9 @@ from agentsync.comm import Comm
 from agentsync.compress import Compression, is_none
 from agentsync.errors import JobFailed
 from agentsync.sync.compressed import Channel
-from agentsync.sync.ps_pull import PullSender
 from agentsync.sync.ps_protocol import (HEADER_BYTES, Kind, Layout, Message, flat, listen, listener_comm,
                                         pack, unflat_)
+from agentsync.sync.ps_pull import PullSender
 from agentsync.update import Update
 
 
