@@ -1,13 +1,15 @@
 """Compression: bytes to reach a target accuracy on digits with W = 4, codec × strategy, against
 uncompressed allreduce; time to target under a slow simulated network; and DiLoCo on charlm.
 
-    .venv/bin/python bench/compression.py [--steps 300] [--target 0.95] [--part digits|net|charlm|all]
+    .venv/bin/python bench/compression.py [--steps 300] [--target 0.95] [--part digits|net|charlm|all] [--only LABEL ...]
     .venv/bin/python bench/compression.py --part charlm [--charlm-steps 1000]   # long: ~W × steps of charlm
 
 Each configuration trains once with evaluation every 10 steps. Every strategy here sends the same
 volume every step (or every period), so the bytes until the first evaluation reaching the target
 are the run's total bytes (all ranks, servers included) × steps_to_target / steps. ``net`` times
-allreduce uncompressed against the best codec under latency=20ms,bandwidth=100Mbit.
+allreduce uncompressed against the best codec under latency=20ms,bandwidth=100Mbit. ``ps-sync+pull``
+compresses the servers' answers too (``strategy.pull_compression``, the same codec both ways).
+``--only`` runs just the digits configurations named (with ``allreduce +none``, the reference).
 
 ``charlm`` (W = 4) trains allreduce, then diloco (H = 50, the optimizer the rule picks for diloco on
 charlm: AdamW at charlm's tuned lr 3e-3) with ``qsgd:bits=4`` and with ``topk:ratio=0.01``, plain
@@ -27,14 +29,17 @@ STRATEGIES = {
     "ps-sync": ["--strategy", "ps-sync"],
     "gossip": ["--strategy", "gossip", "--set", "strategy.topology=ring"],
     "local-sgd": ["--strategy", "local-sgd", "--set", "strategy.period=8"],
+    "ps-sync+pull": ["--strategy", "ps-sync"],
 }
 CODECS = {
     "allreduce": ["none", "fp16", "qsgd:bits=4", "sign", "topk:ratio=0.01"],
     "ps-sync": ["none", "qsgd:bits=4", "topk:ratio=0.01"],
     "gossip": ["none", "qsgd:bits=4", "topk:ratio=0.01"],
     "local-sgd": ["none", "qsgd:bits=4", "topk:ratio=0.01"],
+    "ps-sync+pull": ["qsgd:bits=4", "topk:ratio=0.01"],
 }
-EXTRA = {("gossip", "topk:ratio=0.01"): ["--set", "strategy.consensus_step=0.2"]}  # CHOCO's γ for a sparse codec
+EXTRA = {("gossip", "topk:ratio=0.01"): ["--set", "strategy.consensus_step=0.2"],  # CHOCO's γ for a sparse codec
+         **{("ps-sync+pull", c): ["--set", f"strategy.pull_compression={c}"] for c in CODECS["ps-sync+pull"]}}
 NET = "latency=20ms,bandwidth=100Mbit"
 DILOCO = ["--strategy", "diloco", "--set", "strategy.inner_steps=50"]
 STREAMING = ["--set", "strategy.fragments=4", "--set", "strategy.overlap=5", "--set", "strategy.mix=0.5"]
@@ -83,11 +88,15 @@ def main() -> None:
     parser.add_argument("--part", choices=("digits", "net", "charlm", "all"), default="all")
     parser.add_argument("--charlm-steps", type=int, default=1000)
     parser.add_argument("--charlm-eval-every", type=int, default=50)
+    parser.add_argument("--only", nargs="+", metavar="LABEL", help='digits configurations to run, e.g. "ps-sync+pull '
+                        '+topk:ratio=0.01" (allreduce +none, the reference, always runs)')
     args = parser.parse_args()
     out = {"benchmark": "compression", "task": "digits", "workers": args.workers, "steps": args.steps,
            "target_accuracy": args.target}
     if args.part in ("digits", "all"):
-        results = {f"{s} +{c}": measure(args, s, c) for s in STRATEGIES for c in CODECS[s]}
+        chosen = [(s, c) for s in STRATEGIES for c in CODECS[s]
+                  if not args.only or f"{s} +{c}" in args.only or (s, c) == ("allreduce", "none")]
+        results = {f"{s} +{c}": measure(args, s, c) for s, c in chosen}
         base = results["allreduce +none"]
         for r in results.values():
             if r["bytes_to_target"] and base["bytes_to_target"]:

@@ -314,20 +314,28 @@ def test_easgd_with_a_lossless_codec_is_easgd(tmp_path):
 def test_compressed_ps_sync_resumes_exactly_and_counts_the_encoded_pushes(tmp_path):
     """The workers' residuals and generators travel in the checkpoint: 10 + 10 steps = 20 steps.
     (easgd does not resume exactly even uncompressed: a finished worker takes the center.)"""
-    strategy, workers = "ps-sync", 2
-    args = ["--strategy", strategy, "--workers", str(workers), *PS, "--compress", "qsgd:bits=4"]
+    workers = 2
+    whole = assert_resumes_exactly(tmp_path, ["--strategy", "ps-sync", "--workers", str(workers), *PS,
+                                              "--compress", "qsgd:bits=4"])
+    n = sum(t.numel() for t in final_model(tmp_path / "whole").values())
+    for stats in whole["comm_per_rank"]:
+        if stats["rank"] < workers:
+            assert stats["bytes_sent"] == 20 * push_bytes("qsgd:bits=4", n)
+
+
+def assert_resumes_exactly(tmp_path, args: list[str]) -> dict:
+    """Train ARGS 20 steps in ``whole``, and 10 + 10 in ``split`` (``--resume``): the same final model
+    and per-rank bytes and messages. Returns the uninterrupted run's summary."""
     whole = train(tmp_path / "whole", *args, "--steps", "20")
     train(tmp_path / "split", *args, "--steps", "10")
     result = agentsync("train", "--resume", str(tmp_path / "split"), "--steps", "20")
     assert result.returncode == 0, result.stderr
     assert_identical(final_model(tmp_path / "split"), final_model(tmp_path / "whole"))
     resumed = json.loads((tmp_path / "split" / "summary.json").read_text())
-    n = sum(t.numel() for t in final_model(tmp_path / "whole").values())
-    for a, b in zip(whole["comm_per_rank"], resumed["comm_per_rank"]):
-        keys = ("rank", "bytes_sent", "bytes_received", "messages")
+    keys = ("rank", "bytes_sent", "bytes_received", "messages")
+    for a, b in zip(whole["comm_per_rank"], resumed["comm_per_rank"], strict=True):
         assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
-        if a["rank"] < workers:
-            assert a["bytes_sent"] == 20 * push_bytes("qsgd:bits=4", n)
+    return whole
 
 
 # -- gossip: CHOCO-SGD, public copies and compressed differences --------------------------------

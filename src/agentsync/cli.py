@@ -195,7 +195,8 @@ def resume_config(run_dir: Path, flags: dict, overrides: list[str], config_file:
         if getattr(saved, field) != getattr(cfg, field):
             raise ConfigError(f"--resume cannot change {field}; start a new run instead")
     if saved.workers != cfg.workers:
-        why = (strategy_class(cfg.strategy.name).fixed_workers or task_class(cfg.task.name).fixed_workers
+        why = (strategy_class(cfg.strategy.name).fixed_workers or cfg.strategy.fixed_workers()
+               or task_class(cfg.task.name).fixed_workers
                or ("each pipeline stage's state is laid out over its replicas" if cfg.parallel.stages > 1 else ""))
         if why:
             raise ConfigError(f"--resume cannot change workers under {cfg.strategy.name} on {cfg.task.name}: {why}; "

@@ -25,6 +25,11 @@ class StrategyConfig(Options):
     name: str = "allreduce"
     """Strategy name (see `agentsync list`)."""
 
+    def fixed_workers(self) -> str:
+        """Why a run with these options cannot resume on another worker count ("" where it can); the
+        strategy class's :attr:`Strategy.fixed_workers` holds what no option changes."""
+        return ""
+
 
 class Strategy(abc.ABC):
     """Keeps the replicas of one model in sync across worker processes.

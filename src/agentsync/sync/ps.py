@@ -29,8 +29,10 @@ import torch
 from torch import nn
 
 from agentsync.comm import leave_process
+from agentsync.compress import is_none
 from agentsync.sync.base import Strategy, StrategyConfig, broadcast_model_
 from agentsync.sync.ps_protocol import Kind, Layout, float_buffers, pack
+from agentsync.sync.ps_pull import check_pull_codec
 from agentsync.sync.ps_server import ServerRole
 from agentsync.sync.ps_worker import WorkerRole
 from agentsync.update import UpdateRule, local_norm
@@ -39,6 +41,31 @@ from agentsync.update import UpdateRule, local_norm
 @dataclasses.dataclass(kw_only=True)
 class ServerConfig(StrategyConfig):
     """Options every parameter-server strategy has (the base of each variant's)."""
+
+    def pull_codec(self) -> str:
+        """The codec of the servers' answers; ``none``: the dense shard (variants that answer parameters
+        let the user choose, :class:`PullConfig`)."""
+        return "none"
+
+
+@dataclasses.dataclass(kw_only=True)
+class PullConfig(ServerConfig):
+    """The options of the variants whose servers answer a push with parameters: ps-sync, ps-async, ssp."""
+
+    pull_compression: str = "none"
+    """Codec of the servers' answers (the pull), as comm.compression's NAME[:KEY=VALUE...]: each answer is the shard's
+    change since the worker's copy, with error feedback on both sides (servers keep a copy per worker); none: dense."""
+
+    def validate(self, section: str) -> None:
+        check_pull_codec(self.pull_compression, f"{section}.pull_compression")
+
+    def pull_codec(self) -> str:
+        return self.pull_compression
+
+    def fixed_workers(self) -> str:
+        if is_none(self.pull_compression):
+            return ""
+        return "with pull_compression each server keeps a copy of its shard per worker, which is that worker's model"
 
 
 class ParameterServer(Strategy):
@@ -109,7 +136,11 @@ class ParameterServer(Strategy):
 
     def build_worker(self, state: dict | None) -> WorkerRole:
         return self.Worker(self.comm, self.layout, self.params, float_buffers(self.model), state,
-                           compression=self.compression)
+                           compression=self.compression, pull=self.config.pull_codec(), **self.worker_options())
+
+    def worker_options(self) -> dict:
+        """The variant's own arguments to its worker role."""
+        return {}
 
     def build_server(self, servers_comm, state: dict | None) -> ServerRole:
         index = self.comm.rank - self.num_workers
@@ -118,7 +149,7 @@ class ParameterServer(Strategy):
         update = self.server_rule().build(optimizer, self.server_updates(), total_norm=self.server_norm(servers_comm))
         return self.Server(self.comm, servers_comm, self.layout, index, self.params, float_buffers(self.model),
                            optimizer, update, self.comm.config.timeout_s, state, compression=self.compression,
-                           **self.server_options())
+                           pull=self.config.pull_codec(), **self.server_options())
 
     def server_options(self) -> dict:
         """The variant's own arguments to its server role."""

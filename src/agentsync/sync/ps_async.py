@@ -18,10 +18,10 @@ import dataclasses
 
 from agentsync.optim import OptimizerConfig
 from agentsync.options import check
-from agentsync.sync.ps import ParameterServer, ServerConfig
-from agentsync.sync.ps_protocol import Message, float_buffers
+from agentsync.sync.ps import ParameterServer, PullConfig
+from agentsync.sync.ps_protocol import Message
 from agentsync.sync.ps_server import ServerRole
-from agentsync.sync.ps_worker import ClippingWorker, WorkerRole
+from agentsync.sync.ps_worker import ClippingWorker
 from agentsync.update import UpdateRule
 
 
@@ -42,21 +42,22 @@ class AsyncServer(ServerRole):
     def release(self) -> None:
         for w in [w for w in self.waiting if self.may_run_ahead(w)]:
             del self.waiting[w]
-            self.answer(w, self.shard_vector())
+            self.answer_shard(w)
 
 
 class PSAsync(ParameterServer):
     """Hogwild on a server: no worker ever waits for another."""
 
+    Config = PullConfig
+    Worker = ClippingWorker
     Server = AsyncServer
     supports_compression = True
     description = "asynchronous parameter server: each gradient applied on arrival (Downpour)"
     # Asynchrony already acts as momentum (Mitliagkas et al., 2016); SGD momentum on top diverges.
     preferred_optimizer = OptimizerConfig(momentum=0.0)
 
-    def build_worker(self, state: dict | None) -> WorkerRole:
-        return ClippingWorker(self.comm, self.layout, self.params, float_buffers(self.model), state,
-                              max_grad_norm=self.rule.max_grad_norm, compression=self.compression)
+    def worker_options(self) -> dict:
+        return {"max_grad_norm": self.rule.max_grad_norm}
 
     def server_rule(self) -> UpdateRule:
         return dataclasses.replace(self.rule, max_grad_norm=0.0)  # clipped on the worker already
@@ -66,12 +67,13 @@ class PSAsync(ParameterServer):
 
 
 @dataclasses.dataclass(kw_only=True)
-class SSPConfig(ServerConfig):
+class SSPConfig(PullConfig):
     name: str = "ssp"
     staleness: int = 3
     """How many pushes a worker may be ahead of the slowest live worker (0: lockstep)."""
 
     def validate(self, section: str) -> None:
+        super().validate(section)
         check(self.staleness >= 0, f"{section}.staleness", ">= 0", self.staleness)
 
 

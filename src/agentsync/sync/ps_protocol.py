@@ -7,6 +7,8 @@ view of their bytes, never converted, so any value up to 2^63 travels exactly):
     worker → server   [kind, worker, version, extra | payload]
     server → worker   [version, min_clock, 0, 0 | payload]
 
+A server's payload is its shard, or under ``strategy.pull_compression`` the encoded change since
+the worker's copy (:mod:`~agentsync.sync.ps_pull`); a PUSH's is encoded under ``comm.compression``.
 ``extra`` is the length of what follows: for PUSH and DONE the float32 payload's, for COLLECT
 and SNAPSHOT the byte length of the uint8 message that comes next (the message itself is
 header-only; a SNAPSHOT to a server other than server 0 carries no bytes).

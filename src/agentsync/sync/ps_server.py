@@ -9,6 +9,9 @@ Updates go through an :class:`~agentsync.update.Update` over the shard's optimiz
 step contract holds on the servers: skip a non-finite gradient (counted), clip, schedule the
 learning rate over the updates this server makes, step.
 
+Under ``strategy.pull_compression`` the answer to a push is the shard's change since the worker's copy,
+compressed (:mod:`agentsync.sync.ps_pull`); the server keeps one copy of its shard per worker.
+
 Bytes: a PUSH and its answer are counted (header + shard each way); the end-of-run DONE exchange,
 the COLLECT gather and the servers' final all-gather are not (they deliver the result), nor are
 mid-run snapshots (checkpoints).
@@ -32,11 +35,12 @@ import torch
 from torch import nn
 
 from agentsync.comm import Comm
-from agentsync.compress import Compression
+from agentsync.compress import Compression, is_none
 from agentsync.errors import JobFailed
 from agentsync.sync.compressed import Channel
 from agentsync.sync.ps_protocol import (HEADER_BYTES, Kind, Layout, Message, flat, listen, listener_comm,
                                         pack, unflat_)
+from agentsync.sync.ps_pull import PullSender
 from agentsync.update import Update
 
 
@@ -51,12 +55,13 @@ class ServerRole:
         optimizer: this shard's optimizer; ``update`` the step contract over it.
         state: this role's saved state on a resumed run.
         compression: the codec the workers push through (decoded here), or None.
+        pull: the codec of the answers to pushes (``strategy.pull_compression``); ``none``: the dense shard.
     """
 
     def __init__(self, comm: Comm, servers_comm: Comm | None, layout: Layout, index: int,
                  params: list[nn.Parameter], buffers: list[torch.Tensor], optimizer: torch.optim.Optimizer | None,
                  update: Update | None, timeout_s: float, state: dict | None = None, *,
-                 compression: Compression | None = None) -> None:
+                 compression: Compression | None = None, pull: str = "none") -> None:
         self.comm, self.servers_comm, self.layout, self.index = comm, servers_comm, layout, index
         self.channel = None if compression is None else Channel(compression, layout.numels[index], comm.device)
         self.params, self.buffers = params, buffers
@@ -87,6 +92,9 @@ class ServerRole:
         """Workers waiting in a mid-run checkpoint, with their states (server 0)."""
         self.checkpoint = lambda: None
         """Called once every live worker waits in a snapshot: the runtime's mid-run checkpoint (servers' side)."""
+        self.pull = None if is_none(pull) else PullSender(
+            pull, self.shard_vector(), layout.workers, seed_base=comm.world_size * (1 + index), stats=comm.stats)
+        """Per worker, the copy of this shard it holds (compressed pulls); seeded apart from every push's stream."""
         if state:
             self.load_state_dict(state)
 
@@ -182,6 +190,11 @@ class ServerRole:
         self.clock_gap_max = max(self.clock_gap_max, self.clocks[worker] - min_clock)
         self.comm.send(pack([self.version, min_clock], payload), worker)
 
+    def answer_shard(self, worker: int) -> None:
+        """Answer a push with this shard as it is now: dense, or its change since ``worker``'s copy."""
+        shard = self.shard_vector()
+        self.answer(worker, shard if self.pull is None else self.pull.encode(worker, shard))
+
     def shard_vector(self) -> torch.Tensor:
         return flat(self.shard, self.comm.device)
 
@@ -264,7 +277,8 @@ class ServerRole:
                 "staleness": dict(self.staleness), "staleness_by_rank": self.staleness_by_rank,
                 "dropped": self.dropped, "rejected": self.rejected, "lost": self.lost,
                 "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
-                "update": self.update.state_dict() if self.update is not None else None}
+                "update": self.update.state_dict() if self.update is not None else None,
+                "pull": self.pull.state_dict() if self.pull is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue every counter, the shard's optimizer state and the learning-rate schedule's clock."""
@@ -281,3 +295,5 @@ class ServerRole:
             self.optimizer.load_state_dict(state["optimizer"])
         if self.update is not None and state["update"] is not None:
             self.update.load_state_dict(state["update"])
+        if self.pull is not None:
+            self.pull.load_state_dict(state["pull"])

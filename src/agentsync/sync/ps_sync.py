@@ -18,14 +18,14 @@ import torch
 
 from agentsync.errors import JobFailed
 from agentsync.options import check
-from agentsync.sync.ps import ParameterServer, ServerConfig
+from agentsync.sync.ps import ParameterServer, PullConfig
 from agentsync.sync.ps_protocol import Message
 from agentsync.sync.ps_server import ServerRole
 from agentsync.update import local_norm
 
 
 @dataclasses.dataclass(kw_only=True)
-class PSSyncConfig(ServerConfig):
+class PSSyncConfig(PullConfig):
     name: str = "ps-sync"
     replicas_to_aggregate: int | None = None
     """Gradients averaged per step (default: all workers); the other workers are backups."""
@@ -48,7 +48,7 @@ class SyncServer(ServerRole):
     def on_push(self, msg: Message) -> None:
         if msg.version < self.version:
             self.dropped += 1
-            self.answer(msg.worker, self.shard_vector())
+            self.answer_shard(msg.worker)
             return
         self.arrived.append(msg.worker)
         self.total += msg.payload
@@ -62,7 +62,7 @@ class SyncServer(ServerRole):
         self.total.zero_()
         for w in arrived:
             if w in self.live:
-                self.answer(w, self.shard_vector())
+                self.answer_shard(w)
 
     def on_lost(self, worker: int) -> None:
         if len(self.live) < self.replicas:

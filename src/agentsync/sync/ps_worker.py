@@ -2,6 +2,8 @@
 
 The worker's side of the protocol in :mod:`agentsync.sync.ps_protocol`. Variants override what
 is pushed (:meth:`WorkerRole.payload`) and how an answer is taken (:meth:`WorkerRole.take_`).
+Under ``strategy.pull_compression`` an answer is the change since the worker's copy, which is its
+model (:mod:`agentsync.sync.ps_pull`).
 The end-of-run exchange (DONE, answered with the final shard) is not counted in the byte
 counters: it delivers the result, and a resumed run must count what an uninterrupted one does.
 """
@@ -11,8 +13,9 @@ import torch
 from torch import nn
 
 from agentsync.comm import Comm
-from agentsync.compress import Compression
+from agentsync.compress import Compression, is_none
 from agentsync.sync.compressed import Channel
+from agentsync.sync.ps_pull import PullReceiver
 from agentsync.sync.ps_protocol import HEADER, Kind, Layout, flat, pack, unflat_, unpack
 from agentsync.update import local_norm
 
@@ -27,12 +30,16 @@ class WorkerRole:
         buffers: the model's floating-point buffers, sent to server 0 with DONE to be averaged.
         state: this role's saved state on a resumed run.
         compression: the codec stage of every push (its error feedback lives here), or None.
+        pull: the codec of the answers (``strategy.pull_compression``); ``none``: dense answers.
     """
 
     def __init__(self, comm: Comm, layout: Layout, params: list[nn.Parameter], buffers: list[torch.Tensor],
-                 state: dict | None = None, *, compression: Compression | None = None) -> None:
+                 state: dict | None = None, *, compression: Compression | None = None, pull: str = "none") -> None:
         self.comm, self.layout, self.params, self.buffers = comm, layout, params, buffers
         self.channels = None if compression is None else [Channel(compression, n, comm.device) for n in layout.numels]
+        self.pull = None if is_none(pull) else PullReceiver(pull, layout.numels, comm.device, comm.stats)
+        self.held: list[torch.Tensor] | None = None
+        """Under compressed pulls, the copy this worker held before the final pull replaced it (checkpointed)."""
         self.version = 0
         """The server version of the parameters this worker holds."""
         self.clock = 0
@@ -47,6 +54,8 @@ class WorkerRole:
             with torch.no_grad():  # a resumed worker goes on with its own statistics, not the mean
                 for b, own in zip(buffers, self.own_buffers):
                     b.copy_(own)
+                for s, held in enumerate(state.get("held") or []):  # and with its copy, not the final model
+                    unflat_(self.shard(s), held.to(comm.device))
 
     def shard(self, server: int) -> list[nn.Parameter]:
         return [self.params[i] for i in self.layout.shards[server]]
@@ -60,8 +69,11 @@ class WorkerRole:
         return flat(self.grads(server), self.comm.device)
 
     def take_(self, server: int, reply: torch.Tensor) -> None:
-        """Take the server's answer to a push: the fresh parameters of its shard."""
-        unflat_(self.shard(server), reply)
+        """Take the server's answer to a push: the fresh parameters of its shard, or their change."""
+        if self.pull is None:
+            unflat_(self.shard(server), reply)
+        else:
+            self.pull.take_(server, self.shard(server), reply)
 
     def encode(self, server: int, payload: torch.Tensor) -> torch.Tensor:
         """The push through the codec stage: the gradient shard with its error feedback."""
@@ -87,13 +99,15 @@ class WorkerRole:
             self.send(s, Kind.PUSH, payload if self.channels is None else self.encode(s, payload))
         self.clock += 1
         for s in servers:
-            self.take_(s, self.receive(s, self.layout.numels[s]))
+            self.take_(s, self.receive(s, self.layout.numels[s] if self.pull is None else self.pull.slots(s)))
 
     @torch.no_grad()
     def pull_final_(self) -> None:
         """DONE to every server (with this worker's buffers to server 0); every answer is a final shard,
         and server 0's also carries the workers' mean buffers. Uncounted: end-of-run delivery."""
         self.own_buffers = [b.detach().clone() for b in self.buffers]
+        if self.pull is not None:
+            self.held = self.copies()
         mine = flat(self.buffers, self.comm.device)
         empty = torch.zeros(0, device=self.comm.device)
         with self.comm.uncounted():
@@ -120,8 +134,15 @@ class WorkerRole:
             for s in range(self.layout.servers):
                 self.comm.recv(torch.empty(HEADER, device=self.comm.device), self.layout.server_rank(s))
 
+    def copies(self) -> list[torch.Tensor]:
+        """Each server's shard as this worker holds it."""
+        return [flat(self.shard(s), self.comm.device) for s in range(self.layout.servers)]
+
     def state_dict(self) -> dict:
-        return {"version": self.version, "clock": self.clock, "buffers": [b.cpu() for b in self.own_buffers]}
+        state = {"version": self.version, "clock": self.clock, "buffers": [b.cpu() for b in self.own_buffers]}
+        if self.pull is not None:  # the servers' copies of this worker's shards must meet it again on resume
+            state["held"] = [c.cpu() for c in (self.held or self.copies())]
+        return state
 
 
 class ClippingWorker(WorkerRole):
