@@ -24,7 +24,6 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from agentsync.comm import Comm
 from agentsync.parallel.layout import Layout
 from agentsync.parallel.split import balanced_split, param_count, stage_examples, stage_module
 from agentsync.parallel.stage import StageDriver, split_world
