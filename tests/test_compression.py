@@ -387,6 +387,13 @@ def test_advise_models_the_encoded_payload_and_warns_for_lossy_codecs():
     assert "residual" in sparse.warning and half.warning == "" and dense.codec == "none"
     push = run("ps-sync", "topk:ratio=0.01")  # encoded push, dense answer: headers on both
     assert push.bytes_per_step == analytic_nbytes("topk:ratio=0.01", n) + 32
+    assert push.comm_s == pytest.approx((push.bytes_per_step + 4 * n + 32) / net.bandwidth_Bps)
+    cfg = load_config(None, flags={"strategy.name": "ps-sync", "workers": workers},
+                      overrides=["strategy.pull_compression=qsgd:bits=4"])  # dense push, encoded answer
+    answered = predict(cfg, net, compute_s=0.0, nbytes=model_bytes(cfg), cores=workers)
+    assert answered.bytes_per_step == 4 * n + 32  # a worker's bytes: its push
+    assert answered.comm_s == pytest.approx((4 * n + analytic_nbytes("qsgd:bits=4", n) + 64) / net.bandwidth_Bps)
+    assert answered.codec_s > 0 and "stochastic rounding" in answered.warning
 
 
 def test_advise_models_powersgd_from_the_model_matrices():

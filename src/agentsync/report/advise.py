@@ -4,7 +4,8 @@
 
 With a codec (``--compress``, a dimension like the strategies) the communication is that of the
 encoded payload, and encoding/decoding a model-sized tensor is measured here too (a gathered
-codec decodes W payloads); codecs known to cost convergence are warned about. ``powersgd`` is
+codec decodes W payloads); codecs known to cost convergence are warned about. A parameter
+server's compressed answers (``strategy.pull_compression``) are modelled the same way. ``powersgd`` is
 modelled from the model's matrices: two all-reduces per step (P with the parameters it sends as
 they are, then Q), and the factorisation of a model-shaped gradient timed here.
 
@@ -43,6 +44,7 @@ from agentsync.errors import ConfigError
 from agentsync.report.costs import TRANSPORTS, compressed_step_cost, low_rank_step_cost, period, step_cost
 from agentsync.sync import STRATEGIES
 from agentsync.sync.base import check_compression
+from agentsync.sync.ps import ServerConfig
 from agentsync.sync.compressed import power_floats, power_sum
 from agentsync.tasks import build_task
 
@@ -192,7 +194,8 @@ def predict(cfg: RunConfig, net: NetSim, compute_s: float, nbytes: int, cores: i
     hops = 2 * (m + stages - 2) * net.message(shape.boundary_bytes) if shape is not None else 0.0
     activations = 2 * m * shape.boundary_bytes if shape is not None else 0
     spec, codec_s = cfg.comm.compression, 0.0
-    if is_none(spec):
+    pull = cfg.strategy.pull_codec() if isinstance(cfg.strategy, ServerConfig) else "none"
+    if is_none(spec) and is_none(pull):
         cost = step_cost(cfg.strategy, net, synced, cfg.workers, cfg.servers)
     else:
         codec = parse_codec(spec)
@@ -204,10 +207,15 @@ def predict(cfg: RunConfig, net: NetSim, compute_s: float, nbytes: int, cores: i
             codec_s = measure_power_sum(codec, shapes)
         else:
             gathered = TRANSPORTS[cfg.strategy.name] == "collective" and not codec.linear
-            wire, codec_s = measure_codec(codec, synced, cfg.workers if gathered else 1)
-            cost = compressed_step_cost(cfg.strategy, net, synced, wire, codec.linear, cfg.workers, cfg.servers)
+            wire, codec_s = (synced, 0.0) if is_none(spec) else measure_codec(codec, synced, cfg.workers if gathered else 1)
+            answer = None
+            if not is_none(pull):  # the server encodes this worker's answer, the worker decodes it
+                answer, pull_s = measure_codec(parse_codec(pull), synced, 1)
+                codec_s += pull_s
+            cost = compressed_step_cost(cfg.strategy, net, synced, wire, codec.linear, cfg.workers, cfg.servers,
+                                        answer)
             codec_s /= period(cfg.strategy)  # encoded once per synchronisation
-        warnings.append(CODEC_WARNINGS.get(spec.split(":")[0], ""))
+        warnings += [CODEC_WARNINGS.get(c.split(":")[0], "") for c in dict.fromkeys((spec, pull))]
     note = cost.note + (f"; P={stages}, M={m}: bubble {bubble:.0%}" if stages > 1 else "")
     return Prediction(cfg.strategy.name, compute + codec_s + hops + cost.seconds, compute, cost.seconds + hops,
                       cost.bytes_sent + activations, note, "; ".join(w for w in warnings if w), stages, bubble,

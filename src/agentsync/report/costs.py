@@ -87,10 +87,11 @@ def low_rank_step_cost(net: NetSim, p_floats: int, q_floats: int, workers: int) 
 
 
 def compressed_step_cost(config, net: NetSim, model_bytes: int, wire_bytes: int, linear: bool, workers: int,
-                         servers: int) -> StepCost:
+                         servers: int, answer_bytes: int | None = None) -> StepCost:
     """The communication cost of one step when the payload travels encoded in ``wire_bytes``: a linear
     codec all-reduces, any other all-gathers (W − 1 payloads each way); a push is encoded, its answer
-    dense; a gossip exchange sends the encoded difference."""
+    ``answer_bytes`` (dense, ``model_bytes``, unless the pull is compressed); a gossip exchange sends
+    the encoded difference."""
     transport = TRANSPORTS[config.name]
     if transport == "collective" and linear:
         cost = StepCost.all_reduce(net, wire_bytes, workers)
@@ -99,6 +100,8 @@ def compressed_step_cost(config, net: NetSim, model_bytes: int, wire_bytes: int,
     elif transport == "exchange":
         cost = StepCost(net.message(wire_bytes), wire_bytes)
     else:
-        push, pull = wire_bytes / servers + HEADER_BYTES, model_bytes / servers + HEADER_BYTES
+        answer = model_bytes if answer_bytes is None else answer_bytes
+        push, pull = wire_bytes / servers + HEADER_BYTES, answer / servers + HEADER_BYTES
         cost = StepCost(net.message(push) + net.message(pull), servers * push)
-    return cost.every(period(config), f"{transport} of {wire_bytes / 1e3:.3g} kB encoded")
+    answered = "" if answer_bytes is None else f", answers {answer_bytes / 1e3:.3g} kB encoded"
+    return cost.every(period(config), f"{transport} of {wire_bytes / 1e3:.3g} kB encoded{answered}")
