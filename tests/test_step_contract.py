@@ -123,3 +123,19 @@ def test_skip_nonfinite_decides_whether_a_nan_gradient_reaches_the_parameters(sk
     changed = [not torch.equal(b, p) for b, p in zip(before, model.parameters())]
     assert changed == [not skip, not skip]
     assert torch.isnan(model.weight).any().item() is not skip
+
+
+@pytest.mark.parametrize("flag, clip, skipped", [(1.0, 0.0, True), (0.0, 0.0, False), (0.0, 1.0, True)])
+def test_a_reductions_nonfinite_flag_decides_unless_a_norm_is_computed(flag, clip, skipped):
+    """``allreduce`` hands the update the flag its unscaling pass set. Without clipping the flag
+    alone decides (the gradient is not read again); with clipping the norm is computed anyway
+    and checked, so a NaN the loop put in after the reduction is still caught."""
+    from agentsync.update import UpdateRule
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(torch.ones(1, 3)).sum().backward()
+    if clip:
+        model.bias.grad[0] = float("nan")
+    update = UpdateRule(max_grad_norm=clip).build(optimizer)
+    assert update(nonfinite=torch.tensor([flag])) is not skipped and update.skipped == int(skipped)

@@ -86,11 +86,16 @@ class Update:
         return 1.0
 
     @torch.no_grad()
-    def __call__(self) -> bool:
-        """Apply one update; False (and nothing changed) when the gradient is not finite."""
+    def __call__(self, nonfinite: torch.Tensor | None = None) -> bool:
+        """Apply one update; False (and nothing changed) when the gradient is not finite.
+
+        ``nonfinite`` is a flag the strategy's reduction already set (non-zero where the gradient
+        holds a NaN or inf), which spares the check its own pass over the gradient; a norm computed
+        for clipping is checked instead.
+        """
         factor = self.lr_factor()
         self.count += 1
-        if self.rule.skip_nonfinite or self.rule.max_grad_norm:
+        if self.rule.max_grad_norm or (self.rule.skip_nonfinite and nonfinite is None):
             params = self.params
             norm = self.total_norm([p.grad for p in params])
             if self.rule.skip_nonfinite and not torch.isfinite(norm):
@@ -98,6 +103,9 @@ class Update:
                 return False
             if self.rule.max_grad_norm:
                 torch.nn.utils.clip_grads_with_norm_(params, self.rule.max_grad_norm, norm)
+        elif self.rule.skip_nonfinite and nonfinite:
+            self.skipped += 1
+            return False
         if self.rule.lr_schedule != "constant":
             for group in self.optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * factor

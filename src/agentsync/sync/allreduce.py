@@ -6,7 +6,9 @@ so the same algorithm is driven from per-parameter post-accumulate-grad hooks. E
 into the bucket itself, and a gradient that arrives as a fresh tensor (after
 ``zero_grad(set_to_none=True)``) is copied in once and the view put back. A bucket's all-reduce
 starts as soon as its last gradient lands, in bucket order on every rank; a callback queued on
-the autograd engine waits for every bucket before ``backward()`` returns, as DDP's does. So
+the autograd engine waits for every bucket before ``backward()`` returns, as DDP's does, and
+divides each summed bucket by W in the same pass that looks for a non-finite value (the fused
+kernel ``GradScaler`` unscales with), so the step's non-finite check costs no pass of its own. So
 ``p.grad`` holds the average when backward returns, and what a loop does between ``backward()``
 and :meth:`step` — clipping, logging, scaling — acts on the averaged gradient exactly as under DDP.
 :meth:`step` then runs the update (non-finite skip, clipping, step) and, for models with
@@ -59,15 +61,19 @@ class Bucket:
         self.pending = len(params)
         self.work: Work | Decoding | None = None
 
-    def mark_ready(self, i: int, world_size: int) -> None:
-        """Parameter ``i``'s gradient is complete: make sure it lives in the bucket, divided by W
-        (in the same pass as the copy, as DDP's reducer does) so the sum all-reduce averages."""
+    def mark_ready(self, i: int, divisor: int = 1) -> None:
+        """Parameter ``i``'s gradient is complete: make sure it lives in the bucket, divided by
+        ``divisor`` in the same pass as the copy (a codec encodes g_i / W; a plain sum is divided
+        after the all-reduce, in the pass that checks it)."""
         param, view = self.params[i], self.views[i]
         if param.grad.data_ptr() != view.data_ptr():
-            torch.div(param.grad, world_size, out=view)
+            if divisor == 1:
+                view.copy_(param.grad)
+            else:
+                torch.div(param.grad, divisor, out=view)
             param.grad = view
-        else:
-            view.div_(world_size)
+        elif divisor != 1:
+            view.div_(divisor)
         self.ready[i] = True
         self.pending -= 1
 
@@ -126,6 +132,10 @@ class AllReduce(Strategy):
         self._reduced = False      # gradients averaged since the last step
         self._deferred = False     # gradients accumulated under no_sync, to average at the step
         self._has_buffers = any(True for _ in self.model.buffers())
+        device = self.params[0].device
+        self._inv_workers = torch.full((1,), 1.0 / self.num_workers, device=device)
+        self._nonfinite = torch.zeros(1, device=device)  # 1 after a reduction that met a NaN or inf
+        self._divisor = 1 if self.compression is None else self.num_workers
         self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad_ready) for p in self.params]
 
     @contextlib.contextmanager
@@ -141,7 +151,7 @@ class AllReduce(Strategy):
             self._in_backward = True
             torch.autograd.Variable._execution_engine.queue_callback(self._reduce_all)
         bucket, i = self._bucket_of[id(param)]
-        bucket.mark_ready(i, self.num_workers)
+        bucket.mark_ready(i, self._divisor)
         self._launch_ready()
 
     def _launch_ready(self, force: bool = False) -> None:
@@ -162,8 +172,11 @@ class AllReduce(Strategy):
     def _reduce_all(self) -> None:
         """End of backward (or a step without one): every bucket reduced, ``p.grad`` the average."""
         self._launch_ready(force=True)
+        self._nonfinite.zero_()
         for bucket in self.buckets:
             bucket.work.wait()
+            if self.compression is None:  # the sum becomes the mean, and the check comes free
+                torch._amp_foreach_non_finite_check_and_unscale_([bucket.buffer], self._nonfinite, self._inv_workers)
             bucket.reset()
         self._next, self._in_backward, self._reduced = 0, False, True
 
@@ -173,11 +186,11 @@ class AllReduce(Strategy):
             for bucket in self.buckets:
                 for i, param in enumerate(bucket.params):
                     if param.grad is not None:
-                        bucket.mark_ready(i, self.num_workers)
+                        bucket.mark_ready(i, self._divisor)
         if not self._reduced:  # no backward since the last step: average the (zero) gradients all the same
             self._reduce_all()
         self._reduced = False
-        self.update()
+        self.update(nonfinite=self._nonfinite if self.compression is None else None)
         if self._has_buffers:
             broadcast_buffers_(self.comm, self.model)
 
