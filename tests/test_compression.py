@@ -17,8 +17,15 @@ from conftest import agentsync, assert_train_refused, torchrun_script, train
 
 N = 3000
 SPECS = ["none", "fp16", "bf16", "int8", "qsgd:bits=4", "qsgd:bits=2", "sign", "topk:ratio=0.01",
-         "randk:ratio=0.05"]  # powersgd is a transport over matrices, tested below
+         "topk:ratio=0.01:bits=4", "topk:ratio=0.05:bits=2", "randk:ratio=0.05"]  # powersgd is a transport over matrices, tested below
 SGD = ["--set", "optimizer.name=sgd", "--set", "optimizer.lr=0.05", "--set", "optimizer.momentum=0"]
+
+
+def topk_nbytes(n: int, k: int, bits: int = 32) -> int:
+    """Top-k's payload by hand: the count (int32), k indices at ⌈log₂ n⌉ bits, k values (fp32, or
+    ``bits`` each plus an fp32 scale)."""
+    values = 4 * k if bits == 32 else math.ceil(k * bits / 8) + 4
+    return 4 + math.ceil(k * math.ceil(math.log2(n)) / 8) + values
 
 
 def analytic_nbytes(spec: str, n: int) -> int:
@@ -33,7 +40,8 @@ def analytic_nbytes(spec: str, n: int) -> int:
     if spec == "sign":
         return math.ceil(n / 8) + 4
     if spec.startswith("topk"):
-        return 8 * max(1, math.ceil(float(spec.split("=")[1]) * n))  # fp32 values, int32 indices
+        return topk_nbytes(n, max(1, math.ceil(float(spec.split(":")[1].split("=")[1]) * n)),
+                           int(spec.split("bits=")[1]) if "bits=" in spec else 32)
     if spec.startswith("randk"):
         return 4 * max(1, math.ceil(float(spec.split("=")[1]) * n))  # indices shared by seed, not sent
     return 4 * n
@@ -122,6 +130,7 @@ BAD = {
     "unknown codec": (["--compress", "zip"], "comm.compression: unknown codec 'zip'; available: none, fp16"),
     "ratio out of range": (["--compress", "topk:ratio=2"], "ratio must be in (0, 1] (got '2')"),
     "bad bits": (["--compress", "qsgd:bits=3"], "bits must be 2, 4 or 8"),
+    "bad top-k bits": (["--compress", "topk:ratio=0.01:bits=16"], "bits must be 2, 4, 8 or 32 (got '16')"),
     "unknown option": (["--compress", "fp16:ratio=0.1"], "bad option 'ratio=0.1' for fp16"),
     "via --set": (["--set", "comm.compression=topk:ratio=0"], "ratio must be in (0, 1]"),
     **{f"{s} refuses": (["--strategy", s, "--compress", "fp16"],
@@ -289,10 +298,10 @@ def test_ps_none_and_lossless_topk_are_bit_identical(tmp_path, strategy, workers
     n = sum(t.numel() for t in final_model(tmp_path / "plain").values())
     for before, after in zip(plain["comm_per_rank"], summary["comm_per_rank"]):
         if after["rank"] < workers:  # a worker pushes values and indices, gets the dense shard back
-            assert after["bytes_sent"] == 20 * push_bytes("topk:ratio=1.0", n) == 20 * (32 + 8 * n)
+            assert after["bytes_sent"] == 20 * push_bytes("topk:ratio=1.0", n)
             assert after["bytes_received"] == before["bytes_received"] == 20 * (32 + 4 * n)
         else:
-            assert after["bytes_received"] == workers * 20 * (32 + 8 * n)
+            assert after["bytes_received"] == workers * 20 * push_bytes("topk:ratio=1.0", n)
 
 
 @pytest.mark.timeout(300)
@@ -354,16 +363,17 @@ def test_choco_gossip_with_a_lossless_codec_is_gossip(choco):
     plain, lossless = choco["none"]["distances"], choco["topk:ratio=1.0"]["distances"]
     assert plain[-1] < 1e-3 * plain[0]
     assert lossless == pytest.approx(plain, rel=1e-5, abs=1e-5)
-    assert choco["topk:ratio=1.0"]["bytes_sent"] == 2 * choco["none"]["bytes_sent"]  # values and indices
+    exchanges = choco["none"]["bytes_sent"] // (4 * 36)  # values and packed indices, per exchange
+    assert choco["topk:ratio=1.0"]["bytes_sent"] == exchanges * analytic_nbytes("topk:ratio=1.0", 36)
 
 
 @pytest.mark.timeout(200)
 def test_choco_gossip_with_top_k_reaches_consensus(choco):
     """lr 0, top 10 % of 36 parameters per exchange (γ = 0.2): the distance falls below 1 % of its start,
-    and each round sends the encoded payload only (4 values + 4 indices)."""
+    and each round sends the encoded payload only (a count, 4 values, 4 six-bit indices)."""
     run = choco["topk:ratio=0.1"]
     assert run["distances"][-1] < 1e-2 * run["distances"][0]
-    assert run["bytes_sent"] == 100 * analytic_nbytes("topk:ratio=0.1", 36) == 100 * 32
+    assert run["bytes_sent"] == 100 * analytic_nbytes("topk:ratio=0.1", 36) == 100 * 23
 
 
 # -- advise: codec bytes and measured encode/decode in the step-time model -----------------------

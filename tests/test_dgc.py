@@ -13,6 +13,7 @@ from agentsync.comm import Comm, CommConfig
 from agentsync.compress import Compression, MomentumFeedback, local_clip_norm, parse_codec
 from agentsync.errors import ConfigError
 from conftest import agentsync, assert_train_refused, train
+from test_compression import topk_nbytes
 
 N = 3000
 SGD = ["--set", "optimizer.name=sgd", "--set", "optimizer.lr=0.05"]
@@ -40,7 +41,7 @@ def test_sent_coordinates_are_zeroed_and_nothing_is_lost(masking):
         before = torch.zeros(N) if feedback.velocity is None else feedback.velocity
         velocities += m * before + g
         encoded = feedback.compress(g)
-        index = encoded.tensors["indices"].long()
+        index = codec.indices(encoded)
         sent += codec.decode(encoded)
         assert torch.all(feedback.residual[index] == 0)
         assert torch.all(feedback.velocity[index] == 0) == (masking == "on")
@@ -57,8 +58,8 @@ def test_warmup_keeps_the_closed_form_number_of_coordinates_and_counts_their_byt
     for step in range(15):
         encoded = compression.compress("b", torch.randn(N, generator=gen))
         k = warmup_kept(step, N, 0.01, 10)
-        assert encoded.tensors["values"].numel() == k
-        assert codec.nbytes(encoded) == encoded.to_bytes().numel() == 8 * k  # fp32 values, int32 indices
+        assert encoded.tensors["values"].numel() == codec.indices(encoded).numel() == k
+        assert codec.nbytes(encoded) == encoded.to_bytes().numel() == topk_nbytes(N, k)
     assert warmup_kept(0, N, 0.01, 10) == 750 and warmup_kept(10, N, 0.01, 10) == 30
 
 
@@ -186,12 +187,13 @@ def test_ps_sync_momentum_correction_at_ratio_1_is_sgd_with_momentum(tmp_path):
 
 @pytest.mark.timeout(300)
 def test_warmup_run_counts_the_bytes_of_each_steps_payload(tmp_path):
-    """allreduce, W = 2, one bucket of n values: step t all-gathers 8 k_t bytes, k_t the warm-up's."""
+    """allreduce, W = 2, one bucket of n values: step t all-gathers the payload of k_t coordinates
+    (count, packed indices, fp32 values), k_t the warm-up's."""
     steps, warmup = 20, 10
     summary = train(tmp_path / "run", "--workers", "2", "--steps", str(steps), *NO_MOMENTUM,
                     "--compress", f"topk:ratio=0.01:warmup={warmup}")
     n = sum(t.numel() for t in final_model(tmp_path / "run").values())  # the digits MLP: one bucket
-    expected = sum(8 * warmup_kept(t, n, 0.01, warmup) for t in range(steps))
+    expected = sum(topk_nbytes(n, warmup_kept(t, n, 0.01, warmup)) for t in range(steps))
     for stats in summary["comm_per_rank"]:
         assert stats["bytes_sent"] == stats["bytes_received"] == expected
 

@@ -67,7 +67,7 @@ def test_pull_none_and_lossless_top_k_are_todays_ps(tmp_path, strategy, workers)
     subtraction is exact (Sterbenz: one SGD step keeps copy and shard within a factor 2), and an
     inexact coordinate is off by one ulp until the next answer. Bit-identical here (ps-async with one
     worker is deterministic; ssp answers through the same release path); the answers carry values and
-    indices, 8 bytes a coordinate."""
+    packed indices."""
     args = ["--strategy", strategy, "--workers", str(workers), "--steps", "20", *PS]
     plain = train(tmp_path / "plain", *args)
     none = train(tmp_path / "none", *args, *pull("none"))
@@ -78,9 +78,10 @@ def test_pull_none_and_lossless_top_k_are_todays_ps(tmp_path, strategy, workers)
     for dense, same, topk in zip(plain["comm_per_rank"], none["comm_per_rank"], lossless["comm_per_rank"]):
         assert {k: dense[k] for k in ("bytes_sent", "bytes_received")} == {k: same[k] for k in ("bytes_sent", "bytes_received")}
         if topk["rank"] < workers:
-            assert topk["bytes_received"] == 20 * (32 + 8 * n) and topk["bytes_sent"] == dense["bytes_sent"]
+            assert topk["bytes_received"] == 20 * push_bytes("topk:ratio=1.0", n)
+            assert topk["bytes_sent"] == dense["bytes_sent"]
         else:
-            assert topk["bytes_sent"] == workers * 20 * (32 + 8 * n)
+            assert topk["bytes_sent"] == workers * 20 * push_bytes("topk:ratio=1.0", n)
 
 
 def shard_sizes(model: dict, servers: int) -> list[int]:

@@ -221,25 +221,66 @@ def dgc_options(spec: str) -> list[str]:
     return [k for k in keys if k in DGC_OPTIONS]
 
 
+def index_bits(n: int) -> int:
+    """Bits an index into ``n`` coordinates needs: ⌈log₂ n⌉ (at least one)."""
+    return max(1, (n - 1).bit_length())
+
+
+def pack_indices(index: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices into ``n`` coordinates at :func:`index_bits` (n) bits each, bit-packed."""
+    width = index_bits(n)
+    return pack((index.unsqueeze(1) >> torch.arange(width, device=index.device)) & 1, 1)
+
+
+def unpack_indices(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    width = index_bits(n)
+    bits = unpack(packed, 1, k * width).view(k, width).long()
+    return (bits << torch.arange(width, device=packed.device)).sum(dim=1)
+
+
 class TopK(Codec):
-    """The ``ratio`` largest-magnitude coordinates: values and int32 indices (biased); ``dgc``: the
-    Deep Gradient Compression tricks its error feedback applies (:class:`MomentumFeedback`)."""
+    """The ``ratio`` largest-magnitude coordinates (biased): how many (int32), their indices packed
+    at ⌈log₂ n⌉ bits each, and their values, in fp32 or, with ``bits`` 2, 4 or 8, rounded to that
+    many bits on one scale, max |value| (SparseLoCo's top-k with low-bit values; error feedback
+    keeps the rounding). ``dgc``: the Deep Gradient Compression tricks its error feedback applies
+    (:class:`MomentumFeedback`)."""
 
     linear, sparse = False, True
 
-    def __init__(self, ratio: float, dgc: DGC = DGC()) -> None:
-        self.name, self.ratio, self.dgc = f"topk:ratio={ratio:g}", ratio, dgc
+    def __init__(self, ratio: float, dgc: DGC = DGC(), bits: int = 32) -> None:
+        self.name = f"topk:ratio={ratio:g}" + (f":bits={bits}" if bits != 32 else "")
+        self.ratio, self.dgc, self.bits = ratio, dgc, bits
+        self.levels = (1 << (bits - 1)) - 1  # values -L..L times scale / L, coded as 0..2L
 
     def encode(self, x: torch.Tensor, ratio: float | None = None) -> Encoded:
         """The top ``ratio`` (default: the codec's) of x; a warm-up passes the step's ratio."""
         flat = x.detach().reshape(-1)
-        index = flat.abs().topk(kept(self.ratio if ratio is None else ratio, flat.numel()), sorted=False).indices
-        return Encoded({"values": flat[index], "indices": index.to(torch.int32)}, x.shape, x.dtype)
+        k = kept(self.ratio if ratio is None else ratio, flat.numel())
+        index = flat.abs().topk(k, sorted=False).indices
+        values = flat[index]
+        tensors = {"kept": torch.tensor([k], dtype=torch.int32, device=flat.device),
+                   "indices": pack_indices(index, flat.numel())}
+        if self.bits == 32:
+            tensors["values"] = values
+        else:
+            scale = values.abs().amax().float().reshape(1)
+            codes = torch.round(values.float() / scale.clamp_min(torch.finfo(torch.float32).tiny) * self.levels)
+            tensors.update(codes=pack(codes + self.levels, self.bits), scale=scale)
+        return Encoded(tensors, x.shape, x.dtype)
+
+    def indices(self, encoded: Encoded) -> torch.Tensor:
+        """The flat coordinates a payload carries."""
+        return unpack_indices(encoded.tensors["indices"], math.prod(encoded.shape), int(encoded.tensors["kept"]))
 
     def decode(self, encoded: Encoded) -> torch.Tensor:
-        values = encoded.tensors["values"]
-        dense = torch.zeros(math.prod(encoded.shape), dtype=encoded.dtype, device=values.device)
-        dense[encoded.tensors["indices"].long()] = values.to(encoded.dtype)
+        index, tensors = self.indices(encoded), encoded.tensors
+        if self.bits == 32:
+            values = tensors["values"]
+        else:
+            codes = unpack(tensors["codes"], self.bits, index.numel()).float() - self.levels
+            values = codes * (tensors["scale"] / self.levels)
+        dense = torch.zeros(math.prod(encoded.shape), dtype=encoded.dtype, device=index.device)
+        dense[index] = values.to(encoded.dtype)
         return dense.view(encoded.shape)
 
 
@@ -286,7 +327,7 @@ class PowerSGD(Codec):
 
 CODECS = ("none", "fp16", "bf16", "int8", "qsgd", "sign", "topk", "randk", "powersgd")
 OPTIONS = {"none": (), "fp16": (), "bf16": (), "sign": (), "int8": ("chunk", "seed"),
-           "qsgd": ("bits", "chunk", "seed"), "topk": ("ratio", *DGC_OPTIONS), "randk": ("ratio", "seed"),
+           "qsgd": ("bits", "chunk", "seed"), "topk": ("ratio", "bits", *DGC_OPTIONS), "randk": ("ratio", "seed"),
            "powersgd": ("rank", "start", "seed")}
 
 
@@ -342,7 +383,10 @@ def build_codec(name: str, opts: dict, rank: int) -> Codec:
         return PowerSGD(number(opts, "rank", int, 2, lambda v: v >= 1, "an int >= 1"),
                         number(opts, "start", int, 0, lambda v: v >= 0, "an int >= 0"), seed)
     ratio = number(opts, "ratio", float, 0.01, lambda v: 0 < v <= 1, "in (0, 1]")
-    return TopK(ratio, build_dgc(opts, ratio)) if name == "topk" else RandK(ratio, seed)
+    if name == "randk":
+        return RandK(ratio, seed)
+    bits = number(opts, "bits", int, 32, lambda v: v in (2, 4, 8, 32), "2, 4, 8 or 32")
+    return TopK(ratio, build_dgc(opts, ratio), bits)
 
 
 def build_dgc(opts: dict, ratio: float) -> DGC:
@@ -412,8 +456,9 @@ class MomentumFeedback(ErrorFeedback):
     """Top-k's memory for one gradient payload under DGC (Lin et al., 2018; :class:`DGC`).
 
     Each step the payload g is clipped (local clipping), the velocity becomes u ← m·u + g and the
-    accumulation v ← v + u (``residual``); top-k of v is sent, at the step's warm-up ratio, and v is
-    zeroed where it was sent, u too under momentum-factor masking (a sent coordinate's momentum is
+    accumulation v ← v + u (``residual``); top-k of v is sent, at the step's warm-up ratio, and v
+    keeps what was not sent (zero where a value went in fp32, its rounding under ``bits``), u is
+    zeroed where a value was sent under momentum-factor masking (a sent coordinate's momentum is
     spent, so it does not push a stale direction later). So Σ sent + v = Σ_t u_t. With m = 0 this is
     plain error feedback. A non-finite input leaves u and v as they were (the step is skipped on every rank);
     the step clock advances all the same, so every rank keeps the same k.
@@ -435,9 +480,8 @@ class MomentumFeedback(ErrorFeedback):
         accumulation = velocity if self.residual is None else self.residual + velocity
         encoded = self.codec.encode(accumulation, ratio)
         if bool(torch.isfinite(accumulation).all()):
-            sent = encoded.tensors["indices"].long()
-            self.velocity = masked(velocity, sent) if dgc.masking else velocity.clone()
-            self.residual = masked(accumulation, sent)
+            self.velocity = masked(velocity, self.codec.indices(encoded)) if dgc.masking else velocity.clone()
+            self.residual = accumulation - self.codec.decode(encoded)  # zero where sent exactly (fp32 values)
         return encoded
 
     def state_dict(self) -> dict:
