@@ -6,8 +6,10 @@ uncompressed allreduce; time to target under a slow simulated network; and DiLoC
 
 Each configuration trains once with evaluation every 10 steps. Every strategy here sends the same
 volume every step (or every period), so the bytes until the first evaluation reaching the target
-are the run's total bytes (all ranks, servers included) × steps_to_target / steps. ``net`` times
-allreduce uncompressed against the best codec under latency=20ms,bandwidth=100Mbit. ``ps-sync+pull``
+are the run's total bytes (all ranks, servers included) × steps_to_target / steps. Top-k's
+``bits=4`` rounds the kept values to 4 bits (SparseLoCo's top-k + low-bit values); its indices are
+always bit-packed. ``net`` times allreduce uncompressed against allreduce + top-k and the best
+combination, gossip + top-k 0.5 % at 4 bits, under latency=20ms,bandwidth=100Mbit. ``ps-sync+pull``
 compresses the servers' answers too (``strategy.pull_compression``, the same codec both ways).
 ``--only`` runs just the digits configurations named (with ``allreduce +none``, the reference).
 
@@ -37,13 +39,15 @@ STRATEGIES = {
 CODECS = {
     "allreduce": ["none", "fp16", "qsgd:bits=4", "sign", "topk:ratio=0.01"],
     "ps-sync": ["none", "qsgd:bits=4", "topk:ratio=0.01"],
-    "gossip": ["none", "qsgd:bits=4", "topk:ratio=0.01"],
-    "local-sgd": ["none", "qsgd:bits=4", "topk:ratio=0.01"],
+    "gossip": ["none", "qsgd:bits=4", "topk:ratio=0.01", "topk:ratio=0.01:bits=4", "topk:ratio=0.005:bits=4"],
+    "local-sgd": ["none", "qsgd:bits=4", "topk:ratio=0.01", "topk:ratio=0.01:bits=4"],
     "ps-sync+pull": ["qsgd:bits=4", "topk:ratio=0.01"],
 }
-EXTRA = {("gossip", "topk:ratio=0.01"): ["--set", "strategy.consensus_step=0.2"],  # CHOCO's γ for a sparse codec
+EXTRA = {**{("gossip", c): ["--set", "strategy.consensus_step=0.2"]  # CHOCO's γ for a sparse codec
+            for c in CODECS["gossip"] if c.startswith("topk")},
          **{("ps-sync+pull", c): ["--set", f"strategy.pull_compression={c}"] for c in CODECS["ps-sync+pull"]}}
 NET = "latency=20ms,bandwidth=100Mbit"
+NET_RUNS = [("allreduce", "none"), ("allreduce", "topk:ratio=0.01"), ("gossip", "topk:ratio=0.005:bits=4")]
 DILOCO = ["--strategy", "diloco", "--set", "strategy.inner_steps=100"]
 STREAMING = ["--set", "strategy.fragments=4", "--set", "strategy.overlap=5", "--set", "strategy.mix=0.5"]
 CHARLM = {"allreduce +none": ["--strategy", "allreduce"],
@@ -114,8 +118,7 @@ def main() -> None:
             r["accuracy_loss_points"] = round(100 * (base["final_accuracy"] - r["final_accuracy"]), 2)
         out["digits"] = results
     if args.part in ("net", "all"):
-        out["net"] = {"net": NET, **{f"allreduce +{c}": measure(args, "allreduce", c, "--net", NET)
-                                     for c in ("none", "topk:ratio=0.01")}}
+        out["net"] = {"net": NET, **{f"{s} +{c}": measure(args, s, c, "--net", NET) for s, c in NET_RUNS}}
     if args.part in ("charlm", "all"):
         out["charlm"] = charlm(args)
     print(json.dumps(out, indent=2))
