@@ -137,3 +137,18 @@ def test_killed_worker_stops_the_job_naming_the_rank(tmp_path):
     # bounded by the collective timeout plus the launcher's grace period, never a hang
     assert elapsed < timeout_s + 10 + 30
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("asked, expected", [(None, 0), (3, 3)])
+def test_leaving_after_exit_handlers_runs_every_handler_and_keeps_the_code(asked, expected):
+    """The CLI's quick exit (agentsync.leave) skips only the interpreter's teardown: an exit handler
+    registered after agentsync's still runs and still sees its output flushed, and the code is the one
+    asked for. A program that never asks exits as usual."""
+    ask = f"leave.leave_after_exit_handlers({asked})" if asked is not None else "pass"
+    program = ("import atexit, sys\nfrom agentsync import leave\n"
+               "atexit.register(lambda: sys.stdout.write('handler ran'))\n"
+               f"sys.stdout.write('unflushed ')\n{ask}\n")
+    buffered = {k: v for k, v in ENV.items() if k != "PYTHONUNBUFFERED"}  # stdout to a pipe: block-buffered
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=50, env=buffered)
+    assert (result.returncode, result.stdout, result.stderr) == (expected, "unflushed handler ran", "")

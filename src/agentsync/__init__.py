@@ -16,6 +16,7 @@ Pipelined (P stages × W replicas, a strategy per stage): :func:`agentsync.pipel
 """
 from __future__ import annotations
 
+from agentsync import leave  # noqa: F401  (first: its exit handler must be registered before torch's)
 from agentsync.api import init, make_strategy, shutdown
 from agentsync.parallel.byo import Pipeline, pipeline
 

@@ -28,6 +28,7 @@ from rich.table import Table
 from agentsync.checkpoint import check_rank_states, load_checkpoint
 from agentsync.config import OptimizerChoice, RunConfig, load_config, optimizer_choice
 from agentsync.errors import ConfigError, JobFailed
+from agentsync.leave import leave_after_exit_handlers, leave_process
 from agentsync.metrics import SUMMARY, read_summary
 from agentsync.sync import strategy_class
 from agentsync.tasks import task_class
@@ -169,6 +170,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if os.environ.get("TORCHELASTIC_RUN_ID") and args.launcher is None:
             flags["launch.name"] = "torchrun"  # started by torchrun: be one of its ranks
         cfg = load_config(args.config, flags=flags, overrides=args.overrides)
+    if cfg.launch.name == "local":
+        from agentsync.launch.local import start_fork_server
+        start_fork_server()  # it imports torch and agentsync while preflight builds the model
     preflight(cfg)
     choice = (OptimizerChoice(cfg.optimizer, "saved in the run's config.toml") if resume else
               optimizer_choice(args.config, flags=flags, overrides=args.overrides))
@@ -345,11 +349,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entry() -> None:
     """The console script. A rank that torchrun started leaves as the local launcher's ranks do
-    (:func:`agentsync.comm.leave_process`), so a finished job never reads as failed."""
+    (:func:`agentsync.leave.leave_process`), so a finished job never reads as failed; any other
+    command leaves once the exit handlers have run, skipping the interpreter's teardown."""
     code = main()
     if os.environ.get("TORCHELASTIC_RUN_ID"):
-        from agentsync.comm import leave_process
         leave_process(code)
+    leave_after_exit_handlers(code)
     sys.exit(code)
 
 

@@ -20,7 +20,6 @@ import datetime
 import gc
 import os
 import socket
-import sys
 import threading
 import time
 from typing import Iterator
@@ -31,6 +30,7 @@ import torch.distributed as dist
 from agentsync.compress import parse_codec
 from agentsync.errors import ConfigError
 from agentsync.faults import Faults, parse_faults, parse_stragglers
+from agentsync.leave import leave_process
 from agentsync.membership import Membership, PeerLost
 from agentsync.netsim import NetSim
 from agentsync.options import Options, check, choice
@@ -72,17 +72,6 @@ class CommConfig(Options):
         parse_faults(self.fault)
         NetSim.parse(self.net)
         parse_codec(self.compression, f"{section}.compression")
-
-
-def leave_process(code: int) -> None:
-    """Exit now, without interpreter finalization; for a rank whose outputs are all written.
-
-    torch 2.13's gloo teardown during finalization aborts now and then (SIGABRT, "terminate
-    called without an active exception"), which would make a finished rank read as crashed.
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 LAUNCHER_STORE = "AGENTSYNC_LAUNCHER_STORE"

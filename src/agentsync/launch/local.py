@@ -20,6 +20,7 @@ attempt only.
 from __future__ import annotations
 
 import multiprocessing as mp
+from multiprocessing import forkserver
 import os
 import signal
 import sys
@@ -42,11 +43,19 @@ from agentsync.runtime import ProgressFactory, run_worker
 
 GRACE_S = 10.0
 POLL_S = 0.05
-PRELOAD = ["agentsync.runtime", "agentsync.tasks", "torch._dynamo", "torch.distributed.checkpoint"]
+PRELOAD = ["agentsync.runtime", "agentsync.tasks", "torch._dynamo", "torch.distributed.checkpoint",
+           "agentsync.launch.fork_server"]
 """Imported once by the fork server that starts the ranks, so each rank starts as a fork of a
 process that has them already (torch and the rest take seconds to import; a rank would pay it
 each time). ``torch._dynamo`` is there because every optimizer's constructor imports it, DCP because
-every rank writes its own checkpoint with it."""
+every rank writes its own checkpoint with it; ``fork_server`` makes the server quick to leave."""
+
+
+def start_fork_server() -> None:
+    """Start the fork server now, if it is not running: its imports (about 2 s) then overlap with
+    whatever the launcher does before its first rank starts (the CLI's preflight)."""
+    mp.get_context("forkserver").set_forkserver_preload(PRELOAD)
+    forkserver.ensure_running()
 
 
 def _entry(cfg: RunConfig, run_dir: str, resume: bool, progress: ProgressFactory | None, env: dict) -> None:
@@ -105,8 +114,8 @@ def run_attempt(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: Progre
     store = rendezvous_store(addr, port, 0, world, datetime.timedelta(seconds=cfg.comm.timeout_s))
     base_env = {"WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": addr,
                 "MASTER_PORT": str(port), "TORCHELASTIC_RESTART_COUNT": str(restarts), LAUNCHER_STORE: "1"}
-    ctx = mp.get_context("forkserver")  # a clean process (no threads, no CUDA) forks each rank
-    ctx.set_forkserver_preload(PRELOAD)
+    start_fork_server()  # a clean process (no threads, no CUDA) forks each rank
+    ctx = mp.get_context("forkserver")
     procs = []
     try:
         for rank in range(world):
