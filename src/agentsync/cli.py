@@ -170,7 +170,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if os.environ.get("TORCHELASTIC_RUN_ID") and args.launcher is None:
             flags["launch.name"] = "torchrun"  # started by torchrun: be one of its ranks
         cfg = load_config(args.config, flags=flags, overrides=args.overrides)
-    if cfg.launch.name == "local":
+    if cfg.launch.name == "local" and args.console:  # a program calling main() keeps its process as it was
         from agentsync.launch.local import start_fork_server
         start_fork_server()  # it imports torch and agentsync while preflight builds the model
     preflight(cfg)
@@ -330,11 +330,13 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "list": cmd_list, "com
             "advise": cmd_advise}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, console: bool = False) -> int:
+    """Run one command; ``console``: this process is the console script's, and ends with the command."""
     try:
         args = make_parser().parse_args(argv)
         if args.command is None:
             args = make_parser().parse_args(["train", *(argv or [])])
+        args.console = console
         return COMMANDS[args.command](args)
     except ConfigError as e:
         print(f"agentsync: error: {e}", file=sys.stderr)
@@ -351,7 +353,7 @@ def entry() -> None:
     """The console script. A rank that torchrun started leaves as the local launcher's ranks do
     (:func:`agentsync.leave.leave_process`), so a finished job never reads as failed; any other
     command leaves once the exit handlers have run, skipping the interpreter's teardown."""
-    code = main()
+    code = main(console=True)
     if os.environ.get("TORCHELASTIC_RUN_ID"):
         leave_process(code)
     leave_after_exit_handlers(code)
