@@ -3,6 +3,10 @@
 The server stops when its launcher exits; it then leaves without tearing down the interpreter,
 so whoever reads the job's output (a pipe the server holds too) gets its end at once, not half a
 second later. The ranks it forks end through ``os._exit`` and never reach this.
+
+Here, unlike in the CLI's process, multiprocessing registered its exit handler before agentsync
+was imported, so that one is skipped: it joins ``Process`` children, and the server has none (it
+forks its ranks with ``os.fork`` and reaps them itself).
 """
 from agentsync.leave import leave_after_exit_handlers
 
