@@ -2,10 +2,12 @@
 
     .venv/bin/python bench/allreduce_vs_ddp.py [--workers 2] [--rounds 8] [--steps 20]
 
-Each of W processes (gloo, 127.0.0.1, one thread each) alternates rounds of DDP (its defaults),
-DDP with ``gradient_as_bucket_view=True`` and agentsync on identical copies of a 1.06M-parameter
-MLP, so all see the same machine load; rank 0 prints JSON with the median per-step times and
-the median of per-round ratios (agentsync / DDP). The loop is the one a DDP user writes:
+Each of W processes (gloo, 127.0.0.1, one thread each) runs DDP (its defaults), DDP with
+``gradient_as_bucket_view=True`` and agentsync on identical copies of a 1.06M-parameter MLP,
+interleaved step by step (the one that goes first rotates), so all see the same machine load;
+a round's time for each is the median of its step times (a step the scheduler stalls does not
+count against whoever it hit). Rank 0 prints JSON with the median per-step times and the median
+of per-round ratios (agentsync / DDP). The loop is the one a DDP user writes:
 ``zero_grad(); loss.backward(); step``. agentsync's default step also checks that the gradient is
 finite (one pass over it, which DDP does not make); ``ours_unchecked`` runs with
 ``optimizer.skip_nonfinite`` off, the same work as DDP's step.
@@ -34,13 +36,12 @@ def make_model() -> torch.nn.Module:
                                torch.nn.ReLU(), torch.nn.Linear(512, 10))
 
 
-def timed_steps(forward, optimizer, step, batches) -> float:
+def timed_step(forward, optimizer, step, x, y) -> float:
     start = time.perf_counter()
-    for x, y in batches:
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(forward(x), y).backward()
-        step()
-    return (time.perf_counter() - start) / len(batches)
+    optimizer.zero_grad()
+    torch.nn.functional.cross_entropy(forward(x), y).backward()
+    step()
+    return time.perf_counter() - start
 
 
 def worker(rank: int, world: int, port: int, args, queue) -> None:
@@ -63,16 +64,19 @@ def worker(rank: int, world: int, port: int, args, queue) -> None:
         sync.setup(model, optimizer, rule)
         contenders[name] = (model, optimizer, sync.step)
 
-    for forward, optimizer, step in contenders.values():  # warm-up
-        timed_steps(forward, optimizer, step, batches[:3])
-    rounds = []
     names = list(contenders)
+    for x, y in batches[:3]:  # warm-up
+        for name in names:
+            timed_step(*contenders[name], x, y)
+    rounds = []
     for r in range(args.rounds):
-        times = {}
-        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate who goes first
-            dist.barrier()
-            times[name] = timed_steps(*contenders[name], batches)
-        rounds.append(times)
+        dist.barrier()
+        times = {name: [] for name in names}
+        for i, (x, y) in enumerate(batches):  # step by step, rotating who goes first: same load for all
+            k = (r * len(batches) + i) % len(names)
+            for name in names[k:] + names[:k]:
+                times[name].append(timed_step(*contenders[name], x, y))
+        rounds.append({name: statistics.median(t) for name, t in times.items()})
     if rank == 0:
         params = sum(p.numel() for p in model.parameters())
         ratios = {peer: [t["ours"] / t[peer] for t in rounds] for peer in ("ddp", "ddp_bucket_view")}

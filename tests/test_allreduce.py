@@ -74,3 +74,20 @@ def test_bytes_per_step_equal_ring_allreduce_volume(tmp_path):
                 if e["event"] == "train" and e["rank"] == 0]
     increments = [b - a for a, b in zip(per_step, per_step[1:])]
     assert increments and all(inc == pytest.approx(expected, rel=0.05) for inc in increments)
+
+
+@pytest.mark.parametrize("widths", [(512, 1024, 512, 10), (64, 600, 600, 600, 3), (4, 300, 700, 700, 4)])
+def test_buckets_follow_ddps_size_rule(widths):
+    """Buckets are DDP's (``compute_bucket_assignment_by_size`` on the order gradients arrive, last
+    layer first, 1 MiB then 25 MiB): a bucket closes once it reaches its cap, so the parameter
+    that crosses the small first cap is reduced early instead of waiting in the last bucket."""
+    import torch.distributed as dist
+    from agentsync.sync.allreduce import make_buckets
+
+    layers = [torch.nn.Linear(a, b) for a, b in zip(widths, widths[1:])]
+    params = [p for layer in layers for p in layer.parameters()]
+    ready_order = list(reversed(params))
+    ddp, _ = dist._compute_bucket_assignment_by_size(ready_order, [1 << 20, 25 << 20], [False] * len(params))
+    ours = make_buckets(params, 1 << 20, 25 << 20)
+    assert [[id(p) for p in b.params] for b in ours] == [[id(ready_order[i]) for i in b] for b in ddp]
+    assert len(ours) > 1  # each model crosses the first cap, so the rule is exercised

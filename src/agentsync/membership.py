@@ -13,8 +13,8 @@ survivors *abort and re-create* the group, as torchft does per quorum:
    destroys the old group and joins a new one of the survivors, through the store under a prefix
    naming them, ranks renumbered in their old order, and raises :class:`PeerLost`. A survivor
    blocked in the old group on a live peer (not the dead rank's neighbour in a ring) fails only
-   when its operation times out (``comm.timeout_s``), so the new group's rendezvous waits for
-   several of those (:data:`REGROUP_TIMEOUTS`) before giving up.
+   when its operation times out (``comm.timeout_s``), so the survivors first meet in the store,
+   waiting for several of those (:data:`REGROUP_TIMEOUTS`), and only then form the group.
 3. The strategy drops the synchronization it was in (the step's local update stands) and, at the
    start of the next step, every survivor agrees on the furthest step reached
    (:meth:`~agentsync.sync.base.Strategy.rejoin`), so all of them make the same calls from there on.
@@ -91,16 +91,21 @@ class Membership:
         self.lost += [{"rank": r, "time_s": elapsed} for r in lost]
         dist.destroy_process_group()
         rank, size = self.members.index(me), len(self.members)
-        prefix = dist.PrefixStore(f"agentsync/group-{'-'.join(map(str, self.members))}", self.store)
-        window = REGROUP_TIMEOUTS * self.timeout + datetime.timedelta(seconds=ANNOUNCE_WAIT_S)
-        self.store.set_timeout(window)
-        try:  # gloo's rendezvous waits as long as the group's timeout: the window, then back for operations
-            dist.init_process_group(self.backend, store=prefix, rank=rank, world_size=size, timeout=window)
-            dist.distributed_c10d._set_pg_timeout(self.timeout)
-        finally:
-            self.store.set_timeout(self.timeout)
+        survivors = '-'.join(map(str, self.members))
+        self._meet(dist.PrefixStore(f"agentsync/arrivals-{survivors}", self.store), size)
+        prefix = dist.PrefixStore(f"agentsync/group-{survivors}", self.store)
+        dist.init_process_group(self.backend, store=prefix, rank=rank, world_size=size, timeout=self.timeout)
         self.pending = True
         return rank, size
+
+    def _meet(self, arrivals: dist.Store, size: int) -> None:
+        """Wait in the store until all ``size`` survivors have come, for up to :data:`REGROUP_TIMEOUTS`
+        operation timeouts (a survivor blocked behind live peers comes late), so that the new group's
+        own rendezvous, which waits only its operation timeout, finds everyone there."""
+        window = REGROUP_TIMEOUTS * self.timeout + datetime.timedelta(seconds=ANNOUNCE_WAIT_S)
+        if arrivals.add("count", 1) == size:
+            arrivals.set("all", "1")
+        arrivals.wait(["all"], window)
 
     def rejoined(self, step: int) -> None:
         """The survivors agreed to go on from ``step``: the losses since the last agreement are dated by it."""

@@ -89,16 +89,22 @@ class Bucket:
 
 
 def make_buckets(params: list[nn.Parameter], first_bytes: int, bytes_cap: int) -> list[Bucket]:
-    """Group parameters, last-registered first, into buckets of about ``bytes_cap`` bytes."""
+    """Group parameters, last-registered first, into buckets of about ``bytes_cap`` bytes.
+
+    DDP's rule (``compute_bucket_assignment_by_size``): a bucket closes once it *reaches* its cap,
+    so the first bucket takes the parameter that crosses ``first_bytes`` and its all-reduce
+    overlaps the rest of backward, rather than that parameter waiting in the last bucket."""
     groups: list[list[nn.Parameter]] = [[]]
     size, cap = 0, first_bytes
     for p in reversed(params):
-        nbytes = p.numel() * p.element_size()
-        if groups[-1] and (size + nbytes > cap or p.dtype != groups[-1][0].dtype):
+        if groups[-1] and p.dtype != groups[-1][0].dtype:
+            groups.append([])
+            size = 0
+        groups[-1].append(p)
+        size += p.numel() * p.element_size()
+        if size >= cap:
             groups.append([])
             size, cap = 0, bytes_cap
-        groups[-1].append(p)
-        size += nbytes
     return [Bucket(g) for g in groups if g]
 
 
