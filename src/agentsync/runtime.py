@@ -79,7 +79,7 @@ def build_strategy_and_task(cfg: RunConfig, comm: Comm) -> tuple[Strategy, Task]
     """The strategy over ``comm`` and the task of the worker it makes this rank (worker 0's data on a server)."""
     strategy = build_strategy(cfg.strategy, comm, num_workers=cfg.workers)
     task = build_task(cfg.task, worker_rank=max(strategy.worker_rank, 0), num_workers=cfg.workers,
-                      seed=cfg.seed, device=comm.device)
+                      seed=cfg.seed, device=comm.device, total_steps=cfg.steps)
     return strategy, task
 
 

@@ -53,9 +53,11 @@ class Task(abc.ABC):
     new worker count, each worker's shard a function of (seed, rank, workers))."""
 
     def __init__(self, config: TaskConfig, *, worker_rank: int, num_workers: int, seed: int,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", total_steps: int | None = None) -> None:
         self.config, self.worker_rank, self.num_workers, self.seed = config, worker_rank, num_workers, seed
         self.device = torch.device(device)
+        self.total_steps = total_steps
+        """The run's step budget, where a loss follows a schedule over the run (None outside a run)."""
 
     @abc.abstractmethod
     def build_model(self) -> nn.Module:

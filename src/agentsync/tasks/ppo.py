@@ -15,9 +15,10 @@ from torch import nn
 from agentsync.agents.actor import ActorCritic
 from agentsync.agents.ppo import gae, ppo_loss
 from agentsync.optim import OptimizerConfig
-from agentsync.options import check
+from agentsync.options import check, choice
 from agentsync.tasks.actor_critic import ActorCriticConfig, ActorCriticTask
 from agentsync.tasks.rl import RLConfig
+from agentsync.update import LR_SCHEDULES
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -33,9 +34,13 @@ class PPOConfig(ActorCriticConfig, RLConfig):
     """Discount factor."""
     gae_lambda: float = 0.8
     """GAE λ."""
+    clip_schedule: str = "linear"
+    """constant, or linear: the clip ε decays to 0 over the run, with the learning rate (RL Zoo's
+    cartpole schedule; it keeps a solved policy from drifting off late in the run)."""
 
     def validate(self, section: str) -> None:
         super().validate(section)
+        choice(self.clip_schedule, f"{section}.clip_schedule", LR_SCHEDULES)
         for name in ("n_steps", "epochs", "minibatches"):
             check(getattr(self, name) >= 1, f"{section}.{name}", ">= 1", getattr(self, name))
         check(self.minibatches <= self.n_steps * self.envs_per_worker, f"{section}.minibatches",
@@ -56,6 +61,8 @@ class AcrobotPPOConfig(PPOConfig):
     """Passes over each rollout."""
     minibatches: int = 4
     """Minibatches per pass; each is one runtime step."""
+    clip_schedule: str = "constant"
+    """constant (RL Zoo's acrobot setting), or linear: the clip ε decays to 0 over the run."""
     normalize_obs: bool = True
     """Running mean/std observation normalisation (statistics in the model's buffers, checkpointed)."""
 
@@ -119,10 +126,17 @@ class PPOTask(ActorCriticTask):
         batch["obs"] = batch["obs"].float()
         return batch
 
+    def clip(self, step: int) -> float:
+        """The clip ε at ``step``; a linear schedule needs the run's budget (outside a run, e.g. when
+        advise times a step, ε stays where it starts)."""
+        if self.config.clip_schedule == "linear" and self.total_steps:
+            return self.config.clip * max(0.0, 1.0 - step / self.total_steps)
+        return self.config.clip
+
     def loss(self, model: nn.Module, step: int) -> tuple[torch.Tensor, int]:
         c = self.config
         batch = self.minibatch(model, step)
-        loss = ppo_loss(model, batch, clip=c.clip, vf_coef=c.vf_coef, ent_coef=c.ent_coef,
+        loss = ppo_loss(model, batch, clip=self.clip(step), vf_coef=c.vf_coef, ent_coef=c.ent_coef,
                         normalize_advantage=c.normalize_advantage)
         return loss, len(batch["obs"])
 
