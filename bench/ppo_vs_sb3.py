@@ -6,8 +6,8 @@ Both sides evaluate every 4096 env steps (all workers together) on 10 determinis
 stop at the first evaluation >= 475. SB3 uses RL-Zoo's CartPole hyperparameters (8 envs, n_steps 32,
 batch 256, gae 0.8, gamma 0.98, 20 epochs, ent 0, lr and clip linear from 1e-3 / 0.2 over 1e5 steps,
 gradient clipping at 0.5). agentsync runs cartpole-ppo's defaults (the same PPO settings per worker,
-Adam 1e-3 decayed linearly to 0 over the run's updates, the averaged gradient clipped at 0.5, clip ε
-constant): over the default 4,000 updates the W = 2 run's schedule spans 102,400 env steps, SB3's
+Adam 1e-3 and the clip ε 0.2 decayed linearly to 0 over the run's updates, the averaged gradient
+clipped at 0.5): over the default 4,000 updates the W = 2 run's schedule spans 102,400 env steps, SB3's
 100,000. Time is wall-clock from launching the run's process to seeing the hit (the parent polls
 every 50 ms), so process start-up, imports and the process group are included on both sides.
 With ``--split-sb3-envs`` the W workers share SB3's 8 envs instead (8/W each: the same 256-transition
