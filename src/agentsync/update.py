@@ -31,6 +31,14 @@ LR_SCHEDULES = ("constant", "linear")
 Norm = Callable[[list[torch.Tensor]], torch.Tensor]
 
 
+def schedule_factor(schedule: str, step: int, total: int) -> float:
+    """What a value scheduled over ``total`` steps is multiplied by at ``step``: 1 when constant;
+    linear decays it to 0 at ``total`` (RL Zoo's ``lin_*``)."""
+    if schedule == "linear":
+        return max(0.0, 1.0 - step / total)
+    return 1.0
+
+
 def local_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     """The 2-norm of all of ``grads`` together (what ``clip_grad_norm_`` computes)."""
     if not grads:
@@ -81,9 +89,7 @@ class Update:
         return [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
 
     def lr_factor(self) -> float:
-        if self.rule.lr_schedule == "linear":
-            return max(0.0, 1.0 - self.count / self.total_updates)
-        return 1.0
+        return schedule_factor(self.rule.lr_schedule, self.count, self.total_updates)
 
     @torch.no_grad()
     def __call__(self, nonfinite: torch.Tensor | None = None) -> bool:

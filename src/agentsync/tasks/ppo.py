@@ -18,7 +18,7 @@ from agentsync.optim import OptimizerConfig
 from agentsync.options import check, choice
 from agentsync.tasks.actor_critic import ActorCriticConfig, ActorCriticTask
 from agentsync.tasks.rl import RLConfig
-from agentsync.update import LR_SCHEDULES
+from agentsync.update import LR_SCHEDULES, schedule_factor
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -129,9 +129,9 @@ class PPOTask(ActorCriticTask):
     def clip(self, step: int) -> float:
         """The clip ε at ``step``; a linear schedule needs the run's budget (outside a run, e.g. when
         advise times a step, ε stays where it starts)."""
-        if self.config.clip_schedule == "linear" and self.total_steps:
-            return self.config.clip * max(0.0, 1.0 - step / self.total_steps)
-        return self.config.clip
+        if not self.total_steps:
+            return self.config.clip
+        return self.config.clip * schedule_factor(self.config.clip_schedule, step, self.total_steps)
 
     def loss(self, model: nn.Module, step: int) -> tuple[torch.Tensor, int]:
         c = self.config
