@@ -2,7 +2,7 @@
 uncompressed allreduce; time to target under a slow simulated network; and DiLoCo on charlm.
 
     .venv/bin/python bench/compression.py [--steps 300] [--target 0.95] [--part digits|net|charlm|all] [--only LABEL ...]
-    .venv/bin/python bench/compression.py --part charlm [--charlm-steps 1000]   # ~13 min on 2 cores
+    .venv/bin/python bench/compression.py --part charlm [--charlm-steps 1000]   # ~18 min on 2 cores
 
 Each configuration trains once with evaluation every 10 steps. Every strategy here sends the same
 volume every step (or every period), so the bytes until the first evaluation reaching the target
@@ -11,11 +11,14 @@ are the run's total bytes (all ranks, servers included) × steps_to_target / ste
 always bit-packed. ``net`` times allreduce uncompressed against allreduce + top-k and the best
 combination, gossip + top-k 0.5 % at 4 bits, under latency=20ms,bandwidth=100Mbit. ``ps-sync+pull``
 compresses the servers' answers too (``strategy.pull_compression``, the same codec both ways).
-``--only`` runs just the digits configurations named (with ``allreduce +none``, the reference).
+``--only`` runs just the configurations named (with ``allreduce +none``, the reference).
 
 ``charlm`` (W = 4) trains allreduce for ``--charlm-steps``, then diloco for twice as many (H = 100,
 the optimizer the rule picks for diloco on charlm: AdamW at charlm's tuned lr 3e-3) with
-``qsgd:bits=4`` and with ``topk:ratio=0.01``, plain and streaming (K = 4, τ = 5, α = 0.5): bytes to
+``qsgd:bits=4`` and with ``topk:ratio=0.01``, plain and streaming (K = 4, τ = 5, α = 0.5); with
+``qsgd:bits=4`` summed by scatter-gather (``comm.compressed_sum``: each rank encodes and sends a
+quarter of the sum, 1.5 payloads a rank instead of 3); and SparseLoCo's recipe (top-k 10 % at 2
+bits, error feedback decayed by 0.95 in place of the outer momentum, outer SGD at lr 1). Bytes to
 a loss are what is compared, and DiLoCo needs more steps than allreduce to reach one (H = 50 did
 not reach the target in 1,000 steps, H = 200 not in 3,000, and 2-bit outer gradients diverged;
 found with single runs). The target is allreduce's final held-out loss + 2 %; bytes to
@@ -50,10 +53,15 @@ NET = "latency=20ms,bandwidth=100Mbit"
 NET_RUNS = [("allreduce", "none"), ("allreduce", "topk:ratio=0.01"), ("gossip", "topk:ratio=0.005:bits=4")]
 DILOCO = ["--strategy", "diloco", "--set", "strategy.inner_steps=100"]
 STREAMING = ["--set", "strategy.fragments=4", "--set", "strategy.overlap=5", "--set", "strategy.mix=0.5"]
+SCATTER = ["--set", "comm.compressed_sum=scatter-gather"]
+SPARSELOCO = ["--set", "strategy.outer_lr=1.0", "--set", "strategy.outer_momentum=0"]  # the decayed residual instead
 CHARLM = {"allreduce +none": ["--strategy", "allreduce"],
           **{f"diloco{tag} +{codec}": [*DILOCO, *streaming, "--compress", codec]
              for tag, streaming in (("", []), (" streaming", STREAMING))
-             for codec in ("qsgd:bits=4", "topk:ratio=0.01")}}
+             for codec in ("qsgd:bits=4", "topk:ratio=0.01")},
+          "diloco scatter-gather +qsgd:bits=4": [*DILOCO, *SCATTER, "--compress", "qsgd:bits=4"],
+          "diloco sparseloco +topk:ratio=0.1:bits=2:decay=0.95": [*DILOCO, *SPARSELOCO, "--compress",
+                                                                   "topk:ratio=0.1:bits=2:decay=0.95"]}
 
 
 def measure(args, strategy: str, codec: str, *extra: str) -> dict:
@@ -78,7 +86,8 @@ def charlm(args) -> dict:
 
     runs = {name: run("--task", "charlm", "--seed", str(args.seed), "--workers", str(args.workers),
                       "--steps", str(steps(name)),
-                      "--set", f"eval_every={args.charlm_eval_every}", *options) for name, options in CHARLM.items()}
+                      "--set", f"eval_every={args.charlm_eval_every}", *options) for name, options in CHARLM.items()
+            if not args.only or name in args.only or name == "allreduce +none"}
     target = runs["allreduce +none"][0]["metrics"]["loss"] * 1.02
     results = {}
     for name, (summary, events) in runs.items():
@@ -102,7 +111,7 @@ def main() -> None:
     parser.add_argument("--part", choices=("digits", "net", "charlm", "all"), default="all")
     parser.add_argument("--charlm-steps", type=int, default=1000)
     parser.add_argument("--charlm-eval-every", type=int, default=50)
-    parser.add_argument("--only", nargs="+", metavar="LABEL", help='digits configurations to run, e.g. "ps-sync+pull '
+    parser.add_argument("--only", nargs="+", metavar="LABEL", help='configurations to run, e.g. "ps-sync+pull '
                         '+topk:ratio=0.01" (allreduce +none, the reference, always runs)')
     args = parser.parse_args()
     out = {"benchmark": "compression", "seed": args.seed, "workers": args.workers, "digits_steps": args.steps,

@@ -63,21 +63,13 @@ def test_warmup_keeps_the_closed_form_number_of_coordinates_and_counts_their_byt
     assert warmup_kept(0, N, 0.01, 10) == 750 and warmup_kept(10, N, 0.01, 10) == 30
 
 
-@pytest.mark.timeout(60)
-def test_local_clipping_scales_a_large_gradient_to_the_threshold():
-    """clip=2, W = 4, allreduce's payload g_i / 4: the threshold is 2 · 4^(−1/2) / 4 = 0.25 on the payload.
-    Ratio 1 sends everything, so what is sent is the clipped payload itself."""
+def test_local_clipping_threshold_is_dgcs():
+    """clip=2, W = 4, allreduce's payload g_i / 4: the threshold is 2 · 4^(−1/2) / 4 = 0.25 on the payload;
+    a parameter server's push is g_i itself: 1; a codec without clip: 0 (off)."""
     codec = parse_codec("topk:ratio=1.0:clip=2.0")
-    threshold = local_clip_norm(codec, workers=4, payload_scale=1 / 4)
-    assert threshold == pytest.approx(0.25)
-    compression, gen = Compression(codec, clip_norm=threshold), torch.Generator().manual_seed(3)
-    big = torch.randn(N, generator=gen)
-    big *= 10 / big.norm()
-    sent = codec.decode(compression.compress("b", big))
-    assert torch.allclose(sent, big * 0.25 / 10, rtol=1e-5, atol=0)
-    assert sent.norm() == pytest.approx(0.25, rel=1e-5)
-    small = big * 0.01 / 10
-    assert torch.equal(codec.decode(compression.compress("b", small)), small)
+    assert local_clip_norm(codec, workers=4, payload_scale=1 / 4) == pytest.approx(0.25)
+    assert local_clip_norm(codec, workers=4) == pytest.approx(1.0)
+    assert local_clip_norm(parse_codec("topk:ratio=0.1"), workers=4) == 0.0
 
 
 @pytest.mark.timeout(60)
@@ -86,10 +78,10 @@ def test_dgc_state_round_trip_continues_identically():
     spec = "topk:ratio=0.02:momentum=0.9:clip=5:warmup=6"
     gen = torch.Generator().manual_seed(4)
     inputs = [torch.randn(N, generator=gen) for _ in range(8)]
-    a = Compression(parse_codec(spec), clip_norm=5.0)
+    a = Compression(parse_codec(spec))
     for x in inputs[:3]:
         a.compress("bucket0", x)
-    b = Compression(parse_codec(spec), clip_norm=5.0)
+    b = Compression(parse_codec(spec))
     b.load_state_dict(a.state_dict())
     for x in inputs[3:]:
         assert torch.equal(a.compress("bucket0", x).to_bytes(), b.compress("bucket0", x).to_bytes())
@@ -137,7 +129,7 @@ BAD = {
     "masking without momentum": (["--compress", "topk:masking=off"], "masking acts on the velocity"),
     "masking value": (["--compress", "topk:momentum=0.9:masking=no", *NO_MOMENTUM], "masking must be on or off"),
     "on another codec": (["--compress", "qsgd:momentum=0.9"],
-                         "bad option 'momentum=0.9' for qsgd (options: bits, chunk, seed)"),
+                         "bad option 'momentum=0.9' for qsgd (options: bits, chunk, seed, decay)"),
 }
 
 
@@ -183,6 +175,26 @@ def test_ps_sync_momentum_correction_at_ratio_1_is_sgd_with_momentum(tmp_path):
     train(tmp_path / "momentum", *args, *SGD, "--set", "optimizer.momentum=0.9")
     train(tmp_path / "dgc", *args, *NO_MOMENTUM, "--compress", "topk:ratio=1.0:momentum=0.9:masking=off")
     assert_close(final_model(tmp_path / "dgc"), final_model(tmp_path / "momentum"))
+
+
+@pytest.mark.timeout(300)
+def test_local_clipping_acts_on_the_whole_gradient(tmp_path):
+    """Ratio 1 sends everything, so the run is SGD on the mean of the workers' clipped gradients. DGC
+    clips each worker's whole gradient to clip · W^(−1/2): the result cannot depend on how the
+    gradient is cut into payloads (four allreduce buckets or one; one server shard or two), and the
+    clip acts (it differs from the run without it)."""
+    codec = ["--compress", "topk:ratio=1.0:clip=0.5"]
+    small = ["--set", "strategy.bucket_mb=0.02", "--set", "strategy.first_bucket_mb=0.02"]  # 20 KB buckets
+    train(tmp_path / "one", *ALLREDUCE, *NO_MOMENTUM, *codec)
+    train(tmp_path / "four", *ALLREDUCE, *NO_MOMENTUM, *codec, *small)
+    train(tmp_path / "unclipped", *ALLREDUCE, *NO_MOMENTUM, "--compress", "topk:ratio=1.0", *small)
+    one = final_model(tmp_path / "one")
+    assert_close(final_model(tmp_path / "four"), one)
+    assert any((final_model(tmp_path / "unclipped")[k] - one[k]).abs().max() > 1e-3 for k in one)
+    ps = ["--strategy", "ps-sync", "--workers", "2", "--steps", "10", "--set", "eval_every=0", *NO_MOMENTUM, *codec]
+    train(tmp_path / "server", *ps)
+    train(tmp_path / "servers", *ps, "--servers", "2")
+    assert_close(final_model(tmp_path / "servers"), final_model(tmp_path / "server"))
 
 
 @pytest.mark.timeout(300)

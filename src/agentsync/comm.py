@@ -61,7 +61,13 @@ class CommConfig(Options):
     """Codec for what the strategy sends, as NAME[:KEY=VALUE...]: none, fp16, bf16, int8, qsgd:bits=4, sign,
     topk:ratio=0.01, randk:ratio=0.01, powersgd:rank=2; with error feedback (see docs/compression.md). On gradient
     transports top-k takes Deep Gradient Compression's momentum=M (momentum correction; needs optimizer.momentum=0),
-    clip=C (local clipping) and warmup=STEPS[:warmup_from=0.25] (the kept ratio decays from 25 %)."""
+    clip=C (local clipping) and warmup=STEPS[:warmup_from=0.25] (the kept ratio decays from 25 %). Any codec but
+    powersgd takes decay=β in (0, 1]: error feedback scales its residual by β each step (SparseLoCo)."""
+    compressed_sum: str = "all-gather"
+    """How payloads of a codec that cannot be summed encoded (int8, qsgd, sign, topk, randk) are summed over the
+    group: all-gather (every rank's payload to every rank: W − 1 payloads sent per rank, one encoding) or
+    scatter-gather (a W-th of each payload to each rank, which sums it and encodes the sum again with error
+    feedback of its own, then an all-gather of those sums: 2 (W − 1) / W payloads per rank, two encodings)."""
 
     def validate(self, section: str) -> None:
         choice(self.backend, f"{section}.backend", ("auto", "gloo", "nccl"))
@@ -72,7 +78,11 @@ class CommConfig(Options):
         parse_faults(self.fault)
         NetSim.parse(self.net)
         parse_codec(self.compression, f"{section}.compression")
+        choice(self.compressed_sum, f"{section}.compressed_sum", COMPRESSED_SUMS)
 
+
+COMPRESSED_SUMS = ("all-gather", "scatter-gather")
+"""The transports of :attr:`CommConfig.compressed_sum` (see :mod:`agentsync.sync.compressed`)."""
 
 LAUNCHER_STORE = "AGENTSYNC_LAUNCHER_STORE"
 """Set by the local launcher, which hosts the store itself: every rank is then a client of it."""
@@ -369,6 +379,17 @@ class Comm:
         self._account(size * (n - 1), size * (n - 1), n - 1)
         return out, Work(self, dist.all_gather(out, tensor, group=self.group, async_op=True),
                          self._simulated("all_gather", size, n))
+
+    def all_to_all_async(self, tensor: torch.Tensor) -> tuple[torch.Tensor, Work]:
+        """Start an all-to-all of ``tensor``'s W equal blocks: block j goes to rank j, and block i of
+        the result (once the Work is waited for) is rank i's block for this rank; W − 1 blocks each way."""
+        n, size = self.world_size, tensor.numel() * tensor.element_size()
+        if n == 1:
+            return tensor.clone(), Work(self, None)
+        out = torch.empty_like(tensor)
+        self._account(size * (n - 1) / n, size * (n - 1) / n, n - 1)
+        return out, Work(self, dist.all_to_all_single(out, tensor, group=self.group, async_op=True),
+                         self._simulated("all_to_all", size, n))
 
     def barrier(self) -> None:
         if self.world_size > 1:

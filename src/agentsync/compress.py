@@ -13,8 +13,9 @@ strategy's codec with one error-feedback memory per payload it sends, checkpoint
 
 On gradient transports top-k takes Deep Gradient Compression's tricks (Lin et al., 2018) as options,
 ``topk:ratio=0.001:momentum=0.9:clip=1.0:warmup=200``: :class:`DGC` holds them and
-:class:`MomentumFeedback`, top-k's memory then, applies them (momentum correction with factor
-masking, local clipping, an exponential warm-up of the kept ratio).
+:class:`MomentumFeedback`, top-k's memory then, applies momentum correction with factor masking
+and an exponential warm-up of the kept ratio; the strategy applies local clipping, to the worker's
+whole gradient (:func:`local_clip_norm`).
 
 Example::
 
@@ -36,7 +37,7 @@ import torch
 from agentsync.errors import ConfigError
 
 __all__ = ["CODECS", "DGC", "Codec", "Compression", "Encoded", "ErrorFeedback", "MomentumFeedback", "dgc_options",
-           "is_none", "local_clip_norm", "parse_codec"]
+           "is_none", "local_clip_norm", "option_keys", "parse_codec"]
 
 
 @dataclasses.dataclass
@@ -74,6 +75,9 @@ class Codec:
     name = "none"
     linear = True
     sparse = False
+    decay = 1.0
+    """Error feedback's β: the residual is scaled by it before it joins the next input (1: plain error
+    feedback; below 1: SparseLoCo's decayed accumulator, which stands in for an outer momentum)."""
 
     def encode(self, x: torch.Tensor) -> Encoded:
         return Encoded({"values": x.detach().clone()}, x.shape, x.dtype)
@@ -189,8 +193,8 @@ class DGC:
         masking: momentum-factor masking (with momentum): a sent coordinate's velocity is zeroed too,
             so it does not keep pushing a direction already applied. Off, ratio 1 is exactly SGD with
             momentum m; on, ratio 1 zeroes u every step and is SGD without momentum.
-        clip: local clipping: each worker clips its gradient payload to clip · W^(−1/2) before it
-            enters the accumulation (0: off).
+        clip: local clipping: each worker clips its whole gradient to clip · W^(−1/2) before it is
+            encoded and enters the accumulation (0: off; the strategy clips, see :func:`local_clip_norm`).
         warmup: steps over which the kept ratio decays exponentially from ``warmup_from`` (0: off).
         warmup_from: the kept ratio at step 0 of the warm-up (DGC: 25 %).
     """
@@ -215,10 +219,14 @@ class DGC:
 DGC_OPTIONS = ("momentum", "masking", "clip", "warmup", "warmup_from")
 
 
+def option_keys(spec: str) -> list[str]:
+    """The options a codec spec sets, in the spec's order."""
+    return [item.partition("=")[0].strip() for item in (spec or "").strip().split(":")[1:]]
+
+
 def dgc_options(spec: str) -> list[str]:
     """The DGC options a codec spec sets (they need a gradient transport), in the spec's order."""
-    keys = [item.partition("=")[0].strip() for item in (spec or "").strip().split(":")[1:]]
-    return [k for k in keys if k in DGC_OPTIONS]
+    return [k for k in option_keys(spec) if k in DGC_OPTIONS]
 
 
 def index_bits(n: int) -> int:
@@ -326,8 +334,11 @@ class PowerSGD(Codec):
 
 
 CODECS = ("none", "fp16", "bf16", "int8", "qsgd", "sign", "topk", "randk", "powersgd")
-OPTIONS = {"none": (), "fp16": (), "bf16": (), "sign": (), "int8": ("chunk", "seed"),
-           "qsgd": ("bits", "chunk", "seed"), "topk": ("ratio", "bits", *DGC_OPTIONS), "randk": ("ratio", "seed"),
+FEEDBACK_OPTIONS = ("decay",)
+"""Options of a codec's error feedback: every codec but ``none`` and ``powersgd`` (which keeps its own)."""
+OPTIONS = {"none": (), "fp16": FEEDBACK_OPTIONS, "bf16": FEEDBACK_OPTIONS, "sign": FEEDBACK_OPTIONS,
+           "int8": ("chunk", "seed", *FEEDBACK_OPTIONS), "qsgd": ("bits", "chunk", "seed", *FEEDBACK_OPTIONS),
+           "topk": ("ratio", "bits", *DGC_OPTIONS, *FEEDBACK_OPTIONS), "randk": ("ratio", "seed", *FEEDBACK_OPTIONS),
            "powersgd": ("rank", "start", "seed")}
 
 
@@ -352,7 +363,10 @@ def parse_codec(spec: str, field: str = "comm.compression", *, rank: int = 0) ->
             raise ConfigError(f"{field}: {spec!r}: bad option {item!r} for {name} (options: {allowed})")
         opts[key.strip()] = value.strip()
     try:
-        return build_codec(name, opts, rank)
+        codec = build_codec(name, opts, rank)
+        if "decay" in opts:
+            codec.decay = number(opts, "decay", float, 1.0, lambda v: 0 < v <= 1, "in (0, 1]")
+        return codec
     except ValueError as e:
         raise ConfigError(f"{field}: {spec!r}: {e}") from None
 
@@ -423,26 +437,22 @@ class ErrorFeedback:
         A non-finite input leaves the residual as it was: its payload is non-finite, the step
         contract skips that step on every rank, and a NaN kept here would poison every later one.
         """
-        corrected = x.detach() if self.residual is None else x.detach() + self.residual
+        corrected = x.detach() if self.residual is None else x.detach() + self.decayed()
         encoded = self.codec.encode(corrected)
         residual = corrected - self.codec.decode(encoded)
         if bool(torch.isfinite(residual).all()):
             self.residual = residual
         return encoded
 
+    def decayed(self) -> torch.Tensor:
+        """The residual times the codec's decay β (as it is, bit for bit, at β = 1)."""
+        return self.residual if self.codec.decay == 1 else self.residual * self.codec.decay
+
     def state_dict(self) -> dict:
         return {"residual": None if self.residual is None else self.residual.clone()}
 
     def load_state_dict(self, state: dict) -> None:
         self.residual = state["residual"]
-
-
-def clipped(x: torch.Tensor, max_norm: float) -> torch.Tensor:
-    """x scaled down to norm ``max_norm`` where it is above (``clip_grad_norm_``'s rule; 0: as it is)."""
-    if not max_norm:
-        return x
-    norm = float(torch.linalg.vector_norm(x))
-    return x * (max_norm / (norm + 1e-6)) if norm > max_norm else x
 
 
 def masked(x: torch.Tensor, sent: torch.Tensor) -> torch.Tensor:
@@ -455,19 +465,19 @@ def masked(x: torch.Tensor, sent: torch.Tensor) -> torch.Tensor:
 class MomentumFeedback(ErrorFeedback):
     """Top-k's memory for one gradient payload under DGC (Lin et al., 2018; :class:`DGC`).
 
-    Each step the payload g is clipped (local clipping), the velocity becomes u ← m·u + g and the
-    accumulation v ← v + u (``residual``); top-k of v is sent, at the step's warm-up ratio, and v
-    keeps what was not sent (zero where a value went in fp32, its rounding under ``bits``), u is
-    zeroed where a value was sent under momentum-factor masking (a sent coordinate's momentum is
-    spent, so it does not push a stale direction later). So Σ sent + v = Σ_t u_t. With m = 0 this is
-    plain error feedback. A non-finite input leaves u and v as they were (the step is skipped on every rank);
-    the step clock advances all the same, so every rank keeps the same k.
+    Each step (the payload g already clipped by the strategy, DGC's local clipping over the worker's
+    whole gradient: see :func:`local_clip_norm`) the velocity becomes u ← m·u + g and the
+    accumulation v ← β v + u (``residual``; β the codec's decay, 1 by default); top-k of v is sent,
+    at the step's warm-up ratio, and v keeps what was not sent (zero where a value went in fp32, its
+    rounding under ``bits``), u is zeroed where a value was sent under momentum-factor masking (a
+    sent coordinate's momentum is spent, so it does not push a stale direction later). So at β = 1,
+    Σ sent + v = Σ_t u_t. With m = 0 this is plain error feedback. A non-finite input leaves u and v
+    as they were (the step is skipped on every rank); the step clock advances all the same, so every
+    rank keeps the same k.
     """
 
-    def __init__(self, codec: TopK, clip_norm: float = 0.0) -> None:
+    def __init__(self, codec: TopK) -> None:
         super().__init__(codec)
-        self.clip_norm = clip_norm
-        """The local clipping threshold in this payload's units (see :func:`local_clip_norm`)."""
         self.velocity: torch.Tensor | None = None
         self.steps = 0
 
@@ -475,9 +485,9 @@ class MomentumFeedback(ErrorFeedback):
         dgc = self.codec.dgc
         ratio = dgc.ratio_at(self.steps, self.codec.ratio)
         self.steps += 1
-        g = clipped(x.detach(), self.clip_norm)
+        g = x.detach()
         velocity = g if self.velocity is None else dgc.momentum * self.velocity + g
-        accumulation = velocity if self.residual is None else self.residual + velocity
+        accumulation = velocity if self.residual is None else self.decayed() + velocity
         encoded = self.codec.encode(accumulation, ratio)
         if bool(torch.isfinite(accumulation).all()):
             self.velocity = masked(velocity, self.codec.indices(encoded)) if dgc.masking else velocity.clone()
@@ -494,9 +504,10 @@ class MomentumFeedback(ErrorFeedback):
 
 
 def local_clip_norm(codec: Codec, workers: int, payload_scale: float = 1.0) -> float:
-    """DGC's local clipping threshold for one worker's payload: clip · W^(−1/2) (so W independent
-    clipped gradients sum to about ``clip``), times what the gradient is scaled by in the payload
-    (allreduce sends g_i / W); 0 where the codec does not clip."""
+    """DGC's local clipping threshold for one worker's whole gradient payload: clip · W^(−1/2) (so W
+    independent clipped gradients sum to about ``clip``), times what the gradient is scaled by in the
+    payload (allreduce sends g_i / W); 0 where the codec does not clip. The strategy clips, over all
+    the payloads of a step (every bucket, every server shard), before they are encoded."""
     dgc = getattr(codec, "dgc", None)
     return dgc.clip * workers ** -0.5 * payload_scale if dgc is not None and dgc.clip else 0.0
 
@@ -509,11 +520,9 @@ class Compression:
     (:func:`agentsync.sync.compressed.choco_exchange`: the copy is the memory, x − x̂ what is still
     to send), PowerSGD's warm-start Q and residuals (:func:`agentsync.sync.compressed.power_sum`)."""
 
-    def __init__(self, codec: Codec, stats=None, *, clip_norm: float = 0.0) -> None:
+    def __init__(self, codec: Codec, stats=None) -> None:
         self.codec, self.stats = codec, stats
         """``stats``: a :class:`~agentsync.comm.CommStats` whose ``codec_time_s`` gets the encode/decode time."""
-        self.clip_norm = clip_norm
-        """DGC's local clipping threshold per payload (:func:`local_clip_norm`)."""
         self.feedback: dict[str, ErrorFeedback] = {}
         self.copies: dict[str, torch.Tensor] = {}
 
@@ -545,7 +554,7 @@ class Compression:
         """A payload's memory: DGC's (velocity, accumulation, step clock) where top-k has DGC options."""
         dgc = getattr(self.codec, "dgc", None)
         if dgc is not None and dgc.active:
-            return MomentumFeedback(self.codec, self.clip_norm)
+            return MomentumFeedback(self.codec)
         return ErrorFeedback(self.codec)
 
     def compress(self, key: str, x: torch.Tensor) -> Encoded:

@@ -23,7 +23,7 @@ from agentsync.optim import OptimizerConfig
 from agentsync.parallel import Layout, ParallelConfig
 from agentsync.options import Options, check, choice, coerce
 from agentsync.sync import StrategyConfig, strategy_class
-from agentsync.sync.base import check_compression, check_momentum_correction
+from agentsync.sync.base import check_compressed_sum, check_compression, check_momentum_correction
 from agentsync.tasks import TASKS, TaskConfig, task_class
 
 LAUNCHERS = ("local", "torchrun", "ray")
@@ -121,6 +121,8 @@ class RunConfig(Options):
         for name in SECTIONS:
             getattr(self, name).validate(name)
         check_compression(strategy_class(self.strategy.name), self.strategy.name, self.comm.compression)
+        check_compressed_sum(strategy_class(self.strategy.name), self.strategy.name, self.comm.compression,
+                             self.comm.compressed_sum)
         check_momentum_correction(self.comm.compression, self.optimizer.name, self.optimizer.momentum)
         if hasattr(self.strategy, "validate_run"):
             self.strategy.validate_run(self)

@@ -18,7 +18,8 @@ class NetSim:
     """An α–β link: a message of B bytes takes ``latency_s + B / bandwidth_Bps`` to arrive.
 
     Collectives take the time their algorithm would on such links: a ring all-reduce 2 (W−1)
-    rounds of one 1/W-sized chunk, a ring all-gather W−1 rounds of one block, a binomial-tree
+    rounds of one 1/W-sized chunk, a ring all-gather W−1 rounds of one block, an all-to-all W−1
+    blocks of 1/W of the tensor, a binomial-tree
     broadcast ⌈log2 W⌉ rounds of the whole tensor. Links are full duplex and independent (no
     contention). The delay adds to the real (loopback) transfer, less any compute the operation
     overlapped: an all-reduce bucket launched during backward hides part of its delay, as it
@@ -55,6 +56,10 @@ class NetSim:
 
     def all_gather(self, nbytes: float, n: int) -> float:
         return (n - 1) * self.message(nbytes)
+
+    def all_to_all(self, nbytes: float, n: int) -> float:
+        """n − 1 blocks of nbytes / n, one to each other rank, over this rank's one link."""
+        return (n - 1) * self.message(nbytes / n)
 
     def gather(self, nbytes: float, n: int) -> float:
         """The root receives n-1 payloads over its one link."""

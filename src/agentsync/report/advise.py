@@ -207,13 +207,16 @@ def predict(cfg: RunConfig, net: NetSim, compute_s: float, nbytes: int, cores: i
             codec_s = measure_power_sum(codec, shapes)
         else:
             gathered = TRANSPORTS[cfg.strategy.name] == "collective" and not codec.linear
-            wire, codec_s = (synced, 0.0) if is_none(spec) else measure_codec(codec, synced, cfg.workers if gathered else 1)
+            scattered = gathered and cfg.comm.compressed_sum == "scatter-gather"
+            decodes = 2 if scattered else cfg.workers if gathered else 1  # scattered: W chunks twice
+            wire, codec_s = (synced, 0.0) if is_none(spec) else measure_codec(codec, synced, decodes)
+            chunk = measure_codec(codec, 4 * math.ceil(synced / 4 / cfg.workers), 0)[0] if scattered else None
             answer = None
             if not is_none(pull):  # the server encodes this worker's answer, the worker decodes it
                 answer, pull_s = measure_codec(parse_codec(pull), synced, 1)
                 codec_s += pull_s
             cost = compressed_step_cost(cfg.strategy, net, synced, wire, codec.linear, cfg.workers, cfg.servers,
-                                        answer)
+                                        answer, chunk)
             codec_s /= period(cfg.strategy)  # encoded once per synchronisation
         warnings += [CODEC_WARNINGS.get(c.split(":")[0], "") for c in dict.fromkeys((spec, pull))]
     note = cost.note + (f"; P={stages}, M={m}: bubble {bubble:.0%}" if stages > 1 else "")

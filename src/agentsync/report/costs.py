@@ -87,14 +87,19 @@ def low_rank_step_cost(net: NetSim, p_floats: int, q_floats: int, workers: int) 
 
 
 def compressed_step_cost(config, net: NetSim, model_bytes: int, wire_bytes: int, linear: bool, workers: int,
-                         servers: int, answer_bytes: int | None = None) -> StepCost:
+                         servers: int, answer_bytes: int | None = None, chunk_bytes: int | None = None) -> StepCost:
     """The communication cost of one step when the payload travels encoded in ``wire_bytes``: a linear
-    codec all-reduces, any other all-gathers (W − 1 payloads each way); a push is encoded, its answer
-    ``answer_bytes`` (dense, ``model_bytes``, unless the pull is compressed); a gossip exchange sends
-    the encoded difference."""
+    codec all-reduces, any other all-gathers (W − 1 payloads each way) or, given ``chunk_bytes`` (a
+    W-th of the payload encoded: ``comm.compressed_sum=scatter-gather``), sends W − 1 chunks by
+    all-to-all and W − 1 chunk sums by all-gather; a push is encoded, its answer ``answer_bytes``
+    (dense, ``model_bytes``, unless the pull is compressed); a gossip exchange sends the encoded difference."""
     transport = TRANSPORTS[config.name]
     if transport == "collective" and linear:
         cost = StepCost.all_reduce(net, wire_bytes, workers)
+    elif transport == "collective" and chunk_bytes is not None:
+        cost = StepCost(net.all_to_all(workers * chunk_bytes, workers) + net.all_gather(chunk_bytes, workers),
+                        2 * (workers - 1) * chunk_bytes)
+        return cost.every(period(config), f"scatter-gather of {chunk_bytes / 1e3:.3g} kB chunks encoded")
     elif transport == "collective":
         cost = StepCost(net.all_gather(wire_bytes, workers), (workers - 1) * wire_bytes)
     elif transport == "exchange":

@@ -114,6 +114,7 @@ class AllReduce(Strategy):
     Config = AllReduceConfig
     description = "average gradients every step by bucketed all-reduce (DDP); replicas identical"
     supports_compression = True
+    sums_compressed = True
     takes_low_rank = True
     sends_gradients = True
 
@@ -158,7 +159,8 @@ class AllReduce(Strategy):
             torch.autograd.Variable._execution_engine.queue_callback(self._reduce_all)
         bucket, i = self._bucket_of[id(param)]
         bucket.mark_ready(i, self._divisor)
-        self._launch_ready()
+        if not self.local_clip:  # DGC's local clipping needs the whole gradient: buckets wait for the end
+            self._launch_ready()
 
     def _launch_ready(self, force: bool = False) -> None:
         """Start buckets in index order, so every rank issues the same collectives in the same order."""
@@ -177,6 +179,10 @@ class AllReduce(Strategy):
 
     def _reduce_all(self) -> None:
         """End of backward (or a step without one): every bucket reduced, ``p.grad`` the average."""
+        if self.local_clip:  # no bucket has started: clip this worker's whole payload g_i / W first
+            for bucket in self.buckets:
+                bucket.fill_unready_()
+            torch.nn.utils.clip_grad_norm_(self.params, self.local_clip)
         self._launch_ready(force=True)
         self._nonfinite.zero_()
         for bucket in self.buckets:

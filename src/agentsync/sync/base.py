@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from agentsync.comm import Comm
-from agentsync.compress import Compression, dgc_options, is_none, local_clip_norm, parse_codec
+from agentsync.compress import DGC_OPTIONS, Compression, dgc_options, is_none, local_clip_norm, option_keys, parse_codec
 from agentsync.errors import ConfigError
 from agentsync.membership import PeerLost
 from agentsync.optim import OptimizerConfig
@@ -77,6 +77,9 @@ class Strategy(abc.ABC):
     sends_gradients: ClassVar[bool] = False
     """True where the compressed payload is a gradient, so DGC's top-k options (momentum correction,
     local clipping, warm-up) apply; parameters and their changes refuse them."""
+    sums_compressed: ClassVar[bool] = False
+    """True where compressed payloads are summed over the group (:func:`~agentsync.sync.compressed.all_sum_async`),
+    so ``comm.compressed_sum`` applies."""
     refused_options: ClassVar[dict[str, str]] = {}
     """Codec options (e.g. ``warmup``) this strategy refuses although it takes the codec, with the reason."""
     max_steps: int | None = None
@@ -90,16 +93,18 @@ class Strategy(abc.ABC):
         self.optimizer: torch.optim.Optimizer | None = None
         self.update: Update | None = None
         self._restored: dict | None = None  # state from a checkpoint, applied by setup once the parts exist
+        check_compressed_sum(type(self), config.name, comm.config.compression, comm.config.compressed_sum)
         self.compression = self._compression(comm.config.compression)
+        self.local_clip = 0.0 if self.compression is None else local_clip_norm(
+            self.compression.codec, self.num_workers, self.payload_scale)
+        """DGC's local clipping threshold on a worker's whole gradient payload, before it is encoded (0: off)."""
 
     def _compression(self, spec: str) -> Compression | None:
         """The codec stage, or None for ``none`` (today's uncompressed path, unchanged)."""
         if is_none(spec):
             return None
         check_compression(type(self), self.config.name, spec)
-        codec = parse_codec(spec, rank=self.comm.rank)
-        return Compression(codec, self.comm.stats,
-                           clip_norm=local_clip_norm(codec, self.num_workers, self.payload_scale))
+        return Compression(parse_codec(spec, rank=self.comm.rank), self.comm.stats)
 
     @property
     def payload_scale(self) -> float:
@@ -261,24 +266,47 @@ def check_compression(cls: type[Strategy], strategy: str, spec: str) -> None:
                          if other.supports_compression and codec not in other.refused_codecs)
         raise ConfigError(f"comm.compression={spec} is not supported by strategy {strategy} "
                           f"({cls.refused_codecs[codec]}); strategies that support {codec}: {able}")
-    check_dgc_options(cls, strategy, spec)
+    check_codec_options(cls, strategy, spec)
 
 
-def check_dgc_options(cls: type[Strategy], strategy: str, spec: str) -> None:
-    """DGC's options need a gradient transport, and one that can carry what they do (see
-    :attr:`Strategy.sends_gradients`, :attr:`Strategy.refused_options`)."""
+def check_codec_options(cls: type[Strategy], strategy: str, spec: str) -> None:
+    """Codec options the strategy's transport cannot carry out are refused, never ignored: DGC's need a
+    gradient transport (:attr:`Strategy.sends_gradients`); any may be in :attr:`Strategy.refused_options`."""
     from agentsync.sync import STRATEGIES  # the registry imports this module
-    for option in dgc_options(spec):
-        if not cls.sends_gradients:
-            why = "it sends parameters or their changes, not gradients; DGC's options act on gradients"
-        elif option in cls.refused_options:
-            why = cls.refused_options[option]
-        else:
+
+    def takes(other: type[Strategy], option: str) -> bool:
+        return (other.supports_compression and option not in other.refused_options
+                and (option not in DGC_OPTIONS or other.sends_gradients))
+
+    for option in option_keys(spec):
+        if takes(cls, option):
             continue
-        able = ", ".join(name for name, other in STRATEGIES.items()
-                         if other.sends_gradients and option not in other.refused_options)
+        if option in DGC_OPTIONS and not cls.sends_gradients:
+            why = "it sends parameters or their changes, not gradients; DGC's options act on gradients"
+        else:
+            why = cls.refused_options[option]
+        able = ", ".join(name for name, other in STRATEGIES.items() if takes(other, option))
         raise ConfigError(f"comm.compression={spec}: {option}= is not supported by strategy {strategy} ({why}); "
                           f"strategies that support it: {able}")
+
+
+def check_compressed_sum(cls: type[Strategy], strategy: str, spec: str, how: str) -> None:
+    """``comm.compressed_sum=scatter-gather`` must act: a strategy that sums payloads over the group, a
+    codec that cannot be summed encoded, and no DGC option (the owners re-encode sums, not gradients)."""
+    if how == "all-gather":
+        return
+    field = f"comm.compressed_sum={how}"
+    if not cls.sums_compressed:
+        from agentsync.sync import STRATEGIES  # the registry imports this module
+        able = ", ".join(name for name, other in STRATEGIES.items() if other.sums_compressed)
+        raise ConfigError(f"{field} is not supported by strategy {strategy} (it sums no payload over the group); "
+                          f"strategies that support it: {able}")
+    if is_none(spec) or parse_codec(spec).linear:
+        raise ConfigError(f"{field} needs a codec whose payloads cannot be summed encoded (int8, qsgd, sign, topk, "
+                          f"randk), not comm.compression={spec.strip() or 'none'}, which is all-reduced as it is")
+    if dgc_options(spec):
+        raise ConfigError(f"{field}: comm.compression={spec}: {dgc_options(spec)[0]}= acts on a worker's gradient "
+                          "and the owners re-encode sums; use comm.compressed_sum=all-gather")
 
 
 def optimizer_momentum(optimizer: torch.optim.Optimizer) -> tuple[str, float]:

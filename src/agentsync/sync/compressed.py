@@ -1,10 +1,13 @@
 """The codec stage of the transport: a payload summed over the group, each rank's part compressed
 with error feedback (see :mod:`agentsync.compress`).
 
-A linear codec's payloads are all-reduced while encoded (fp16 sums in fp16) and decoded once; any
-other codec's payloads are all-gathered, as one byte message per rank, and every rank decodes each
-and sums them in rank order, so every rank holds the same result. The byte meter counts the
-encoded payload: what :meth:`Codec.nbytes` says, not the dense size.
+A linear codec's payloads are all-reduced while encoded (fp16 sums in fp16) and decoded once. Any
+other codec's payloads are summed as ``comm.compressed_sum`` says: ``all-gather`` sends each rank's
+payload to every rank, as one byte message, and every rank decodes each and sums them in rank order
+(W − 1 payloads sent per rank); ``scatter-gather`` (:func:`scatter_sum_async`) sends a W-th of each to
+its owner rank, which sums and re-encodes it, then all-gathers the owners' sums (2 (W − 1) / W
+payloads per rank). Either way every rank decodes the same bytes and holds the same result. The
+byte meter counts the encoded payload: what :meth:`Codec.nbytes` says, not the dense size.
 """
 from __future__ import annotations
 
@@ -42,6 +45,8 @@ def all_sum_async(comm: Comm, compression: Compression, key: str, tensor: torch.
     codec = compression.codec
     if getattr(codec, "low_rank", False):
         return power_sum(comm, compression, key, tensor, shapes)
+    if not codec.linear and comm.config.compressed_sum == "scatter-gather":
+        return scatter_sum_async(comm, compression, key, tensor)
     encoded = compression.compress(key, tensor)
     if codec.linear:
         work = comm.all_reduce_async(encoded.tensors["values"])
@@ -52,6 +57,31 @@ def all_sum_async(comm: Comm, compression: Compression, key: str, tensor: torch.
         tensor.zero_()
         for payload in gathered:
             tensor.add_(compression.decode(encoded.like(payload)))
+    return Decoding(work, finish)
+
+
+def scatter_sum_async(comm: Comm, compression: Compression, key: str, tensor: torch.Tensor) -> Decoding:
+    """Start ``tensor ← Σ_i tensor_i`` as 1-bit Adam's compressed all-reduce (Tang et al., 2021): the
+    payload, zero-padded to W equal chunks, is encoded chunk by chunk (error feedback ``key/wW/j``
+    for chunk j) and chunk j goes to rank j (all-to-all); rank j decodes the W parts in rank order,
+    sums them, encodes the sum with error feedback of its own (``key/wW/sum``) and the owners' sums
+    are all-gathered and decoded on every rank. What either encoding drops stays in a residual, so
+    after T steps Σ results = Σ inputs − the W chunk residuals − the owners' residuals. The memories
+    are named by W: a group that regroups after a loss cuts its payloads anew and starts new ones."""
+    n, numel = comm.world_size, tensor.numel()
+    chunks = torch.nn.functional.pad(tensor.reshape(-1), (0, -numel % n)).view(n, -1)
+    key = f"{key}/w{n}"
+    encoded = [compression.compress(f"{key}/{j}", chunk) for j, chunk in enumerate(chunks)]
+    parts, work = comm.all_to_all_async(torch.cat([e.to_bytes() for e in encoded]))
+    mine = encoded[comm.rank]
+
+    def finish() -> None:
+        total = chunks[comm.rank].new_zeros(chunks.shape[1])
+        for part in parts.view(n, -1):
+            total.add_(compression.decode(mine.like(part)))
+        owned = compression.compress(f"{key}/sum", total)
+        sums = [compression.decode(owned.like(data)) for data in comm.all_gather(owned.to_bytes())]
+        tensor.copy_(torch.cat(sums)[:numel].view_as(tensor))
     return Decoding(work, finish)
 
 

@@ -82,6 +82,7 @@ class DiLoCo(Decentralized):
     description = "inner optimizer for H steps, outer Nesterov SGD on the averaged pseudo-gradient"
     preferred_optimizer: ClassVar[OptimizerConfig] = OptimizerConfig(name="adamw", lr=1e-3, weight_decay=0.01)
     supports_compression = True
+    sums_compressed = True
 
     def __init__(self, config: DiLoCoConfig, comm, *, num_workers: int | None = None) -> None:
         super().__init__(config, comm, num_workers=num_workers)

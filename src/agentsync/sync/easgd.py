@@ -92,6 +92,9 @@ class EASGD(ParameterServer):
     Server = CenterServer
     supports_compression = True
     sends_gradients = False  # it pushes parameter changes
+    refused_options = {**ParameterServer.refused_options,
+                       "decay": "its error feedback is the copy of θ_i that worker and server both keep; there is "
+                                "no residual to decay"}
     description = "elastic averaging: local steps, every tau steps an elastic exchange with a center on the servers"
 
     def _step(self) -> None:

@@ -62,6 +62,8 @@ class Gossip(Decentralized):
     supports_compression = True
     refused_codecs = {"randk": "its indices come from a generator every rank advances in step, and a rank "
                                "without a partner in a round does not"}
+    refused_options = {"decay": "CHOCO's error feedback is the pair's public copies, equal on both sides; "
+                                "there is no residual to decay"}
 
     def __init__(self, config: GossipConfig, comm: Comm, *, num_workers: int | None = None) -> None:
         super().__init__(config, comm, num_workers=num_workers)

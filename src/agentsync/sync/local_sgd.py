@@ -38,6 +38,7 @@ class LocalSGD(Decentralized):
     Config = LocalSGDConfig
     description = "local steps, parameters averaged over all workers every `period` steps"
     supports_compression = True
+    sums_compressed = True
     regroups = True
 
     def __init__(self, config: LocalSGDConfig, comm, *, num_workers: int | None = None) -> None:

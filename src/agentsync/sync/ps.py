@@ -136,7 +136,8 @@ class ParameterServer(Strategy):
 
     def build_worker(self, state: dict | None) -> WorkerRole:
         return self.Worker(self.comm, self.layout, self.params, float_buffers(self.model), state,
-                           compression=self.compression, pull=self.config.pull_codec(), **self.worker_options())
+                           compression=self.compression, pull=self.config.pull_codec(), local_clip=self.local_clip,
+                           **self.worker_options())
 
     def worker_options(self) -> dict:
         """The variant's own arguments to its worker role."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from agentsync.compress import CODECS, Compression, dgc_options, is_none, parse_codec
+from agentsync.compress import CODECS, Compression, dgc_options, is_none, option_keys, parse_codec
 from agentsync.errors import ConfigError
 from agentsync.sync.compressed import Channel
 from agentsync.sync.ps_protocol import flat, unflat_
@@ -39,6 +39,9 @@ def check_pull_codec(spec: str, field: str) -> None:
     if options:
         raise ConfigError(f"{field}={spec}: {options[0]}= is not supported for a pull (DGC's options act on gradients; "
                           f"a pull sends parameter changes); drop it, e.g. {name}:ratio=R")
+    if "decay" in option_keys(spec):
+        raise ConfigError(f"{field}={spec}: decay= is not supported for a pull (its error feedback is the copy both "
+                          "sides keep, not a residual); drop it")
 
 
 class PullSender:

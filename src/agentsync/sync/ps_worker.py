@@ -31,11 +31,15 @@ class WorkerRole:
         state: this role's saved state on a resumed run.
         compression: the codec stage of every push (its error feedback lives here), or None.
         pull: the codec of the answers (``strategy.pull_compression``); ``none``: dense answers.
+        local_clip: DGC's local clipping threshold on the whole gradient, before its shards are
+            encoded (0: off).
     """
 
     def __init__(self, comm: Comm, layout: Layout, params: list[nn.Parameter], buffers: list[torch.Tensor],
-                 state: dict | None = None, *, compression: Compression | None = None, pull: str = "none") -> None:
+                 state: dict | None = None, *, compression: Compression | None = None, pull: str = "none",
+                 local_clip: float = 0.0) -> None:
         self.comm, self.layout, self.params, self.buffers = comm, layout, params, buffers
+        self.local_clip = local_clip
         self.channels = None if compression is None else [Channel(compression, n, comm.device) for n in layout.numels]
         self.pull = None if is_none(pull) else PullReceiver(pull, layout.numels, comm.device, comm.stats)
         self.held: list[torch.Tensor] | None = None
@@ -94,6 +98,8 @@ class WorkerRole:
     def push_(self) -> None:
         """Push to every server, then take every answer (all sends first: the servers work in parallel)."""
         servers = range(self.layout.servers)
+        if self.local_clip:
+            torch.nn.utils.clip_grad_norm_([p for p in self.params if p.grad is not None], self.local_clip)
         for s in servers:
             payload = self.payload(s)
             self.send(s, Kind.PUSH, payload if self.channels is None else self.encode(s, payload))
