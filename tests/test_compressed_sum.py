@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from agentsync.compress import ErrorFeedback, parse_codec
+from agentsync.compress import ErrorFeedback, MomentumFeedback, parse_codec
 from conftest import assert_train_refused, torchrun_script, train
 from test_compression import DILOCO, SGD, analytic_nbytes, assert_resumes_exactly, final_model
 
@@ -33,6 +33,20 @@ def test_decayed_error_feedback_keeps_the_discounted_sum(spec):
     for _ in range(2):
         plain.compress(torch.ones(500))
     assert not torch.allclose(plain.residual, feedback.residual)  # the decay changes what is kept
+
+
+def test_decay_composes_with_dgc_momentum_correction():
+    """Without masking the velocity u_t = m u_{t−1} + g_t does not depend on what is sent, and the
+    accumulation v_t = β v_{t−1} + u_t − sent_t: so v_T + Σ_t β^(T−t) sent_t = Σ_t β^(T−t) u_t."""
+    codec, gen = parse_codec("topk:ratio=0.05:momentum=0.9:masking=off:decay=0.7"), torch.Generator().manual_seed(5)
+    feedback, beta = MomentumFeedback(codec), codec.decay
+    velocity, sent, velocities = torch.zeros(400), torch.zeros(400), torch.zeros(400)
+    for _ in range(12):
+        g = torch.randn(400, generator=gen)
+        velocity = 0.9 * velocity + g
+        sent = beta * sent + codec.decode(feedback.compress(g))
+        velocities = beta * velocities + velocity
+    assert torch.allclose(feedback.residual + sent, velocities, atol=1e-5, rtol=0)
 
 
 def test_decay_one_is_plain_error_feedback():
