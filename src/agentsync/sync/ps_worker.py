@@ -99,7 +99,7 @@ class WorkerRole:
         """Push to every server, then take every answer (all sends first: the servers work in parallel)."""
         servers = range(self.layout.servers)
         if self.local_clip:
-            torch.nn.utils.clip_grad_norm_([p for p in self.params if p.grad is not None], self.local_clip)
+            torch.nn.utils.clip_grad_norm_(self.params, self.local_clip)  # it skips parameters without a gradient
         for s in servers:
             payload = self.payload(s)
             self.send(s, Kind.PUSH, payload if self.channels is None else self.encode(s, payload))
