@@ -1,3 +1,3 @@
-from agentsync.cli import entry
+from agentsync.console import entry
 
 entry()

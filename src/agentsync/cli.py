@@ -28,6 +28,7 @@ from rich.table import Table
 from agentsync.checkpoint import check_rank_states, load_checkpoint
 from agentsync.config import OptimizerChoice, RunConfig, load_config, optimizer_choice
 from agentsync.errors import ConfigError, JobFailed
+from agentsync.forking import discard_unused_fork_server, start_fork_server
 from agentsync.leave import leave_after_exit_handlers, leave_process
 from agentsync.metrics import SUMMARY, read_summary
 from agentsync.sync import strategy_class
@@ -170,9 +171,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         if os.environ.get("TORCHELASTIC_RUN_ID") and args.launcher is None:
             flags["launch.name"] = "torchrun"  # started by torchrun: be one of its ranks
         cfg = load_config(args.config, flags=flags, overrides=args.overrides)
-    if cfg.launch.name == "local" and args.console:  # a program calling main() keeps its process as it was
-        from agentsync.launch.local import start_fork_server
-        start_fork_server()  # it imports torch and agentsync while preflight builds the model
+    if args.console:  # a program calling main() keeps its process as it was
+        if cfg.launch.name == "local":
+            start_fork_server()  # if the console script has not: it imports while preflight builds the model
+        else:
+            discard_unused_fork_server()  # started by the console script, for a launcher not used
     preflight(cfg)
     choice = (OptimizerChoice(cfg.optimizer, "saved in the run's config.toml") if resume else
               optimizer_choice(args.config, flags=flags, overrides=args.overrides))
@@ -212,13 +215,12 @@ def resume_config(run_dir: Path, flags: dict, overrides: list[str], config_file:
 
 def preflight(cfg: RunConfig) -> None:
     """Build worker 0's task and model here, so bad task options, and strategy options the model
-    cannot take, fail before any folder exists."""
+    cannot take, fail before any folder exists. (The optimizer is not built: its options are
+    checked with the config, and building one imports torch's compiler, a second on this path.)"""
     from agentsync.tasks import build_task
 
     task = build_task(cfg.task, worker_rank=0, num_workers=cfg.workers, seed=cfg.seed)
-    model = task.build_model()
-    cfg.optimizer.build(model.parameters())
-    strategy_class(cfg.strategy.name).check_model(cfg.strategy, model)
+    strategy_class(cfg.strategy.name).check_model(cfg.strategy, task.build_model())
 
 
 def when(lost: dict) -> str:
@@ -353,7 +355,10 @@ def entry() -> None:
     """The console script. A rank that torchrun started leaves as the local launcher's ranks do
     (:func:`agentsync.leave.leave_process`), so a finished job never reads as failed; any other
     command leaves once the exit handlers have run, skipping the interpreter's teardown."""
-    code = main(console=True)
+    try:
+        code = main(console=True)
+    finally:
+        discard_unused_fork_server()  # a train command that started no rank (bad input...)
     if os.environ.get("TORCHELASTIC_RUN_ID"):
         leave_process(code)
     leave_after_exit_handlers(code)

@@ -1,7 +1,7 @@
 """The default launcher: the job's processes started on this machine, rendezvous over loopback.
 
 Ranks are forked from a fork server (a fresh process that imported torch and agentsync once, see
-:data:`PRELOAD`), not spawned: a spawned rank spends seconds importing before its first step.
+:mod:`agentsync.forking`), not spawned: a spawned rank spends seconds importing before its first step.
 
 The parent watches its children. When a rank dies under a strategy that cannot lose workers,
 the others get ``comm.timeout_s`` plus a grace period to stop on their own (they normally fail
@@ -19,8 +19,6 @@ attempt only.
 """
 from __future__ import annotations
 
-import multiprocessing as mp
-from multiprocessing import forkserver
 import os
 import signal
 import sys
@@ -37,25 +35,13 @@ from agentsync.comm import LAUNCHER_STORE, free_port, leave_process, rendezvous_
 from agentsync.membership import announce_lost
 from agentsync.config import RunConfig
 from agentsync.errors import JobFailed
+from agentsync.forking import rank_context
 from agentsync.launch import Announce, prepare_run_dir, restart_point, tolerated_loss, without_injected_failures
 from agentsync.metrics import SUMMARY
 from agentsync.runtime import ProgressFactory, run_worker
 
 GRACE_S = 10.0
 POLL_S = 0.05
-PRELOAD = ["agentsync.runtime", "agentsync.tasks", "torch._dynamo", "torch.distributed.checkpoint",
-           "agentsync.launch.fork_server"]
-"""Imported once by the fork server that starts the ranks, so each rank starts as a fork of a
-process that has them already (torch and the rest take seconds to import; a rank would pay it
-each time). ``torch._dynamo`` is there because every optimizer's constructor imports it, DCP because
-every rank writes its own checkpoint with it; ``fork_server`` makes the server quick to leave."""
-
-
-def start_fork_server() -> None:
-    """Start the fork server now, if it is not running: its imports (about 2 s) then overlap with
-    whatever the launcher does before its first rank starts (the CLI's preflight)."""
-    mp.get_context("forkserver").set_forkserver_preload(PRELOAD)
-    forkserver.ensure_running()
 
 
 def _entry(cfg: RunConfig, run_dir: str, resume: bool, progress: ProgressFactory | None, env: dict) -> None:
@@ -114,8 +100,7 @@ def run_attempt(cfg: RunConfig, run_dir: Path, *, resume: bool, progress: Progre
     store = rendezvous_store(addr, port, 0, world, datetime.timedelta(seconds=cfg.comm.timeout_s))
     base_env = {"WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": addr,
                 "MASTER_PORT": str(port), "TORCHELASTIC_RESTART_COUNT": str(restarts), LAUNCHER_STORE: "1"}
-    start_fork_server()  # a clean process (no threads, no CUDA) forks each rank
-    ctx = mp.get_context("forkserver")
+    ctx = rank_context()
     procs = []
     try:
         for rank in range(world):

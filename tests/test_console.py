@@ -1,0 +1,57 @@
+"""The console script starts the local launcher's fork server before importing torch, and stops
+it again when the command ends without starting a rank from it."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from agentsync.console import trains_locally
+from conftest import ENV, ROOT
+
+FORK_SERVER = "from multiprocessing.forkserver import main"
+
+
+@pytest.mark.parametrize("argv, environ, expected", [
+    ([], {}, True),                                            # no command: train
+    (["--steps", "5"], {}, True),
+    (["train", "--out", "run"], {}, True),
+    (["train", "--launcher", "local"], {}, True),
+    (["train", "--launcher=local"], {}, True),
+    (["train", "--launcher", "ray"], {}, False),
+    (["train", "--launcher=torchrun"], {}, False),
+    (["train"], {"TORCHELASTIC_RUN_ID": "job"}, False),       # a rank torchrun started
+    (["train", "--help"], {}, False),
+    (["evaluate", "runs/x"], {}, False),
+    (["compare", "--task", "digits"], {}, False),
+])
+def test_which_command_lines_start_the_fork_server_early(argv, environ, expected):
+    assert trains_locally(argv, environ) is expected
+
+
+def fork_servers() -> set[int]:
+    found = set()
+    for proc in psutil.process_iter(["cmdline"]):
+        if FORK_SERVER in " ".join(proc.info["cmdline"] or []):
+            found.add(proc.pid)
+    return found
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("args, expected", [
+    (["--strategy", "nope"], "unknown strategy"),                             # refused with the config
+    (["--strategy", "diloco", "--set", "strategy.fragments=8"], "strategy.fragments"),  # by the preflight
+])
+def test_a_refused_train_command_leaves_no_fork_server_behind(tmp_path, args, expected):
+    """The command's streams go to files, so it is seen to end as soon as its process does: a fork
+    server left importing (it does not look at its parent for seconds) would still be alive then."""
+    before = fork_servers()
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        code = subprocess.run([sys.executable, "-m", "agentsync", "train", "--out", str(tmp_path / "run"), *args],
+                              stdout=stdout, stderr=stderr, env=ENV, cwd=ROOT, timeout=50).returncode
+    assert code == 2 and expected in err.read_text()
+    assert fork_servers() - before == set()
+    assert not (tmp_path / "run").exists()
