@@ -160,19 +160,20 @@ def test_a_failed_cell_is_reported_and_the_matrix_completes_and_resumes(tmp_path
 
 def test_advise_ranks_strategies_by_the_latencies_each_pays():
     """advise from the model alone (no run): on a 50 ms link with no bandwidth limit a step of
-    allreduce waits 2(W−1) latencies, ps-sync 2 (push, pull) and gossip 1; compute adds the same
-    to each, so at W = 4 the ranking is gossip, ps-sync, allreduce, and at W = 2 gossip first
-    (allreduce and ps-sync both pay 2). bench/advise_accuracy.py measures how close this comes."""
+    allreduce waits 2(W−1) latencies (at W = 2 one: digits' model is summed by one exchange),
+    ps-sync 2 (push, pull) and gossip 1; compute adds the same to each, so at W = 4 the ranking
+    is gossip, ps-sync, allreduce, and at W = 2 ps-sync last. bench/advise_accuracy.py measures
+    how close this comes."""
     from agentsync.report.advise import advise
 
     net = NetSim.parse("latency=50ms")
     for workers in (2, 4):
         predictions = advise("digits", ["allreduce", "ps-sync", "gossip"], workers, net)
         order = [p.strategy for p in predictions]
-        assert order == ["gossip", "ps-sync", "allreduce"] if workers == 4 else order[0] == "gossip", order
+        assert order == ["gossip", "ps-sync", "allreduce"] if workers == 4 else order[-1] == "ps-sync", order
         assert [p.step_time_s for p in predictions] == sorted(p.step_time_s for p in predictions)
         comm = {p.strategy: p.comm_s for p in predictions}
-        assert comm["allreduce"] == pytest.approx(2 * (workers - 1) * 0.05, rel=0.01)
+        assert comm["allreduce"] == pytest.approx((2 * (workers - 1) if workers > 2 else 1) * 0.05, rel=0.01)
         assert comm["ps-sync"] == pytest.approx(2 * 0.05, rel=0.01) and comm["gossip"] == pytest.approx(0.05, rel=0.01)
         assert all(p.step_time_s > p.comm_s > 0 and p.bytes_per_step > 0 for p in predictions)
 

@@ -28,3 +28,16 @@ def test_closed_forms():
     assert cost("local-sgd", 4, 1, "strategy.period=8").seconds == pytest.approx(ring / 8)
     assert cost("ps-sync", 4, 2).seconds == pytest.approx(2 * (0.01 + (MODEL / 2 + HEADER_BYTES) / 1e8))
     assert cost("gossip").bytes_sent == MODEL and cost("none").seconds == 0.0
+
+
+def test_two_workers_all_reduce_a_small_model_in_one_exchange():
+    """As comm sums it: up to 256 KiB between two workers, one round of the whole model (the ring's
+    bytes, half its latencies); a larger model, or more workers, the ring."""
+    small, large = 256 * 1024, 256 * 1024 + 4
+    exchange = step_cost(load_config(flags={"workers": 2}).strategy, NET, small, 2, 1)
+    assert exchange.seconds == pytest.approx(0.01 + small / 1e8) and exchange.bytes_sent == small
+    assert "1 latencies" in exchange.note
+    ring = step_cost(load_config(flags={"workers": 2}).strategy, NET, large, 2, 1)
+    assert ring.seconds == pytest.approx(2 * (0.01 + large / 2 / 1e8)) and ring.bytes_sent == large
+    three = step_cost(load_config(flags={"workers": 3}).strategy, NET, small, 3, 1)
+    assert three.seconds == pytest.approx(4 * (0.01 + small / 3 / 1e8))

@@ -22,7 +22,7 @@ import os
 import socket
 import threading
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -36,7 +36,19 @@ from agentsync.netsim import NetSim
 from agentsync.options import Options, check, choice
 
 __all__ = ["ByteMeter", "Comm", "CommConfig", "CommStats", "NetSim", "Work", "free_port", "leave_process",
-           "parse_faults", "parse_stragglers", "resolve_device"]
+           "parse_faults", "parse_stragglers", "resolve_device", "sums_by_exchange"]
+
+EXCHANGE_MAX_BYTES = 256 * 1024
+"""Up to this size, a sum between two ranks is one exchange (:func:`sums_by_exchange`)."""
+
+
+def sums_by_exchange(nbytes: float, world_size: int) -> bool:
+    """Whether :meth:`Comm.all_reduce_async` sums ``nbytes`` between two ranks by one exchange (each
+    sends its whole tensor and adds the other's) rather than by gloo's ring (half the tensor in
+    each of two rounds). The bytes are the same and the sum bit-identical (a + b = b + a), with
+    half the round trips: what a small sum costs (RL models, compressed payloads). Above a few
+    hundred KiB the extra buffer and pass outweigh the round saved (``bench/small_allreduce.py``)."""
+    return world_size == 2 and nbytes <= EXCHANGE_MAX_BYTES
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -181,10 +193,12 @@ class ByteMeter:
 
 class Work:
     """An in-flight operation; :meth:`wait` adds the time blocked to the owner's comm time and,
-    under a simulated network, returns no earlier than ``delay_s`` after the operation started."""
+    under a simulated network, returns no earlier than ``delay_s`` after the operation started;
+    then runs ``then``, the local part that completes the operation (an exchange's sum)."""
 
-    def __init__(self, comm: "Comm", work, delay_s: float = 0.0) -> None:
+    def __init__(self, comm: "Comm", work, delay_s: float = 0.0, then: Callable[[], object] | None = None) -> None:
         self._comm, self._work, self._delay, self._started = comm, work, delay_s, time.perf_counter()
+        self._then = then
 
     def wait(self) -> None:
         start = time.perf_counter()
@@ -194,6 +208,9 @@ class Work:
         if self._delay > hidden:
             time.sleep(self._delay - hidden)
         self._comm.meter.waited(time.perf_counter() - start)
+        if self._then is not None:
+            self._then()
+            self._then = None
 
 
 class Comm:
@@ -322,10 +339,17 @@ class Comm:
 
     # -- collectives ------------------------------------------------------------------------
     def all_reduce_async(self, tensor: torch.Tensor, op: str = "sum") -> Work:
-        """Start an in-place all-reduce; ring volume 2 (W-1)/W bytes each way per rank."""
+        """Start an in-place all-reduce; ring volume 2 (W-1)/W bytes each way per rank (between two
+        ranks a small sum is one exchange instead: :func:`sums_by_exchange`)."""
         n, size = self.world_size, tensor.numel() * tensor.element_size()
         if n == 1:
             return Work(self, None)
+        if op == "sum" and sums_by_exchange(size, n) and tensor.is_contiguous():
+            self._account(size, size, 1)
+            both = [torch.empty_like(tensor) for _ in range(n)]
+            other = both[1 - self.rank]
+            return Work(self, dist.all_gather(both, tensor, group=self.group, async_op=True),
+                        self._simulated("all_gather", size, n), then=lambda: tensor.add_(other))
         self._account(2 * (n - 1) / n * size, 2 * (n - 1) / n * size, 2 * (n - 1))
         reduce_op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op]
         return Work(self, dist.all_reduce(tensor, op=reduce_op, group=self.group, async_op=True),

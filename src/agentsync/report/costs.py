@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+from agentsync.comm import sums_by_exchange
 from agentsync.netsim import NetSim
 from agentsync.sync.ps_protocol import HEADER_BYTES
 
@@ -26,8 +27,16 @@ class StepCost:
 
     @classmethod
     def all_reduce(cls, net: NetSim, model_bytes: float, workers: int, note: str = "") -> "StepCost":
-        """A ring all-reduce of the model: 2(W−1) rounds, each sending a 1/W chunk."""
+        """A ring all-reduce of the model: 2(W−1) rounds, each sending a 1/W chunk; between two
+        workers a small model is one exchange of the whole (as :class:`~agentsync.comm.Comm` sums it)."""
+        if sums_by_exchange(model_bytes, workers):
+            return cls(net.all_gather(model_bytes, workers), model_bytes, note)
         return cls(net.all_reduce(model_bytes, workers), 2 * (workers - 1) / workers * model_bytes, note)
+
+    @staticmethod
+    def all_reduce_rounds(model_bytes: float, workers: int) -> int:
+        """Latencies one all-reduce of the model pays."""
+        return 1 if sums_by_exchange(model_bytes, workers) else 2 * (workers - 1)
 
     @classmethod
     def push_pull(cls, net: NetSim, model_bytes: float, servers: int, note: str) -> "StepCost":
@@ -46,7 +55,7 @@ COSTS: dict[str, Cost] = {
     "none": lambda c, net, nbytes, w, s: StepCost(note="no communication while training"),
     "ensemble": lambda c, net, nbytes, w, s: StepCost(note="no communication until the end"),
     "allreduce": lambda c, net, nbytes, w, s: StepCost.all_reduce(
-        net, nbytes, w, f"ring all-reduce every step: {2 * (w - 1)} latencies"),
+        net, nbytes, w, f"all-reduce every step: {StepCost.all_reduce_rounds(nbytes, w)} latencies"),
     "local-sgd": lambda c, net, nbytes, w, s: StepCost.all_reduce(net, nbytes, w).every(
         c.period, f"one parameter all-reduce every {c.period} steps"),
     "diloco": lambda c, net, nbytes, w, s: StepCost.all_reduce(net, nbytes, w).every(
