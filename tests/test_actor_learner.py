@@ -49,7 +49,7 @@ def test_two_actors_one_learner_allreduce_final_policy_solved(tmp_path):
 def test_four_actors_two_learners_final_policy_solved(tmp_path, strategy):
     """allreduce: the learners' gradients averaged every update; ps-async: stale gradients through a server."""
     summary = train(tmp_path, "--task", "cartpole-impala", "--strategy", strategy, "--workers", "2",
-                    "--actors", "4", "--set", "eval_every=0", timeout=540)
+                    "--actors", "4", "--set", "eval_every=0")
     assert summary["metrics"]["eval_return"] >= SOLVED
     assert summary["actors"]["count"] == 4
     learners = {str(r) for r in range(summary["world_size"] - 4, summary["world_size"])}

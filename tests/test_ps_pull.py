@@ -134,6 +134,7 @@ def test_compressed_pull_resumes_exactly_and_refuses_another_worker_count(tmp_pa
             assert stats["bytes_received"] == 20 * push_bytes("qsgd:bits=4", n)
     monkeypatch.chdir(tmp_path / "split")
     from agentsync.cli import main
+    capsys.readouterr()  # what the runs above printed
     assert main(["train", "--resume", str(tmp_path / "split"), "--steps", "30", "--workers", "3"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--resume cannot change workers under ps-sync" in err and "pull_compression" in err

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from agentsync.tasks.charlm import stdlib_text
-from conftest import ENV, ROOT, agentsync, read_jsonl, train
+from conftest import ENV, ROOT, agentsync, read_jsonl, train, train_in_subprocess
 
 
 def final_model(run_dir) -> dict:
@@ -121,7 +121,7 @@ def test_torchrun_parameter_server_run_is_reported_once_by_the_rank_that_wrote_i
 @pytest.mark.timeout(240)
 def test_ray_launcher_matches_local_launcher(tmp_path, local_run):
     """One Ray task per rank on a local Ray instance bound to 127.0.0.1."""
-    assert_same_run(train(tmp_path / "ray", "--launcher", "ray", *LAUNCHER_ARGS), local_run)
+    assert_same_run(train_in_subprocess(tmp_path / "ray", "--launcher", "ray", *LAUNCHER_ARGS), local_run)
 
 
 @pytest.mark.timeout(180)
