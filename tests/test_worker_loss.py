@@ -20,6 +20,9 @@ PS_SGD = ["--set", "optimizer.lr=0.1"]  # ps-async and ssp prefer momentum 0 (as
 STREAMING = ["--set", "strategy.fragments=2", "--set", "strategy.overlap=3", "--set", "strategy.mix=0.5"]
 """Streaming DiLoCo (H = 20): fragment 0's sync starts after step 59 and is applied after step 62;
 worker 1 dies at step 60, so the survivors (as a rule) find the loss waiting for it, and drop it."""
+SCATTER_GATHER = ["--set", "comm.compression=qsgd:bits=4", "--set", "comm.compressed_sum=scatter-gather"]
+"""DiLoCo's pseudo-gradients summed encoded, chunk by chunk: the survivors' chunks are a half, not
+a third, of the payload, so their error-feedback memories (keyed by the group's size) start anew."""
 
 
 @pytest.mark.timeout(240)
@@ -28,6 +31,7 @@ worker 1 dies at step 60, so the survivors (as a rule) find the loss waiting for
       for strategy, lost in [("gossip", 1), ("gossip", 0), ("local-sgd", 1), ("diloco", 1), ("ps-async", 1),
                              ("ps-async", 0), ("ssp", 1), ("easgd", 1)]],
     pytest.param("diloco", 1, STREAMING, id="diloco-streaming-1"),
+    pytest.param("diloco", 1, SCATTER_GATHER, id="diloco-scatter-gather-1"),
 ])
 def test_a_killed_worker_is_named_and_the_survivors_finish(tmp_path, strategy, lost, options):
     summary = train(tmp_path / "run", "--task", "digits", "--strategy", strategy, "--workers", "3",

@@ -24,7 +24,7 @@ already. ``torch._dynamo`` is there because every optimizer's constructor import
 every rank writes its own checkpoint with it; ``agentsync.launch.fork_server`` makes the server
 quick to leave."""
 
-_forked: list[bool] = []  # non-empty once a rank was started from the server
+_forked = False  # whether a rank was ever started from the server
 
 
 def start_fork_server() -> None:
@@ -36,8 +36,9 @@ def start_fork_server() -> None:
 
 def rank_context() -> BaseContext:
     """The context a job's ranks are started from: a clean process (no threads, no CUDA) forks them."""
+    global _forked
     start_fork_server()
-    _forked[:] = [True]
+    _forked = True
     return mp.get_context("forkserver")
 
 

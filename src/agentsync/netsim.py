@@ -18,9 +18,9 @@ class NetSim:
     """An α–β link: a message of B bytes takes ``latency_s + B / bandwidth_Bps`` to arrive.
 
     Collectives take the time their algorithm would on such links: a ring all-reduce 2 (W−1)
-    rounds of one 1/W-sized chunk (a two-rank exchange, which comm times as the all-gather it is, one round), a ring all-gather W−1 rounds of one block, an all-to-all W−1
-    blocks of 1/W of the tensor, a binomial-tree
-    broadcast ⌈log2 W⌉ rounds of the whole tensor. Links are full duplex and independent (no
+    rounds of one 1/W-sized chunk (a two-rank exchange, timed as the all-gather it is: one round),
+    a ring all-gather W−1 rounds of one block, an all-to-all W−1 blocks of 1/W of the tensor, a
+    binomial-tree broadcast ⌈log2 W⌉ rounds of the whole tensor. Links are full duplex and independent (no
     contention). The delay adds to the real (loopback) transfer, less any compute the operation
     overlapped: an all-reduce bucket launched during backward hides part of its delay, as it
     would on a real network.

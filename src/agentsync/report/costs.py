@@ -34,9 +34,9 @@ class StepCost:
         return cls(net.all_reduce(model_bytes, workers), 2 * (workers - 1) / workers * model_bytes, note)
 
     @staticmethod
-    def all_reduce_rounds(model_bytes: float, workers: int) -> int:
-        """Latencies one all-reduce of the model pays."""
-        return 1 if sums_by_exchange(model_bytes, workers) else 2 * (workers - 1)
+    def all_reduce_latencies(model_bytes: float, workers: int) -> str:
+        """The latencies one all-reduce of the model pays, in words."""
+        return "1 latency" if sums_by_exchange(model_bytes, workers) else f"{2 * (workers - 1)} latencies"
 
     @classmethod
     def push_pull(cls, net: NetSim, model_bytes: float, servers: int, note: str) -> "StepCost":
@@ -55,7 +55,7 @@ COSTS: dict[str, Cost] = {
     "none": lambda c, net, nbytes, w, s: StepCost(note="no communication while training"),
     "ensemble": lambda c, net, nbytes, w, s: StepCost(note="no communication until the end"),
     "allreduce": lambda c, net, nbytes, w, s: StepCost.all_reduce(
-        net, nbytes, w, f"all-reduce every step: {StepCost.all_reduce_rounds(nbytes, w)} latencies"),
+        net, nbytes, w, f"all-reduce every step: {StepCost.all_reduce_latencies(nbytes, w)}"),
     "local-sgd": lambda c, net, nbytes, w, s: StepCost.all_reduce(net, nbytes, w).every(
         c.period, f"one parameter all-reduce every {c.period} steps"),
     "diloco": lambda c, net, nbytes, w, s: StepCost.all_reduce(net, nbytes, w).every(
