@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-SHARED = ("from multiprocessing.forkserver import main", "from multiprocessing.resource_tracker import main")
+FORK_SERVER = "from multiprocessing.forkserver import main"  # in a fork server's command line
+SHARED = (FORK_SERVER, "from multiprocessing.resource_tracker import main")
 
 
 def descendants() -> list[psutil.Process]:

@@ -9,9 +9,7 @@ import psutil
 import pytest
 
 from agentsync.console import trains_locally
-from conftest import ENV, ROOT
-
-FORK_SERVER = "from multiprocessing.forkserver import main"
+from conftest import ENV, FORK_SERVER, ROOT
 
 
 @pytest.mark.parametrize("argv, environ, expected", [
