@@ -1,6 +1,7 @@
 """Time and env steps to eval_return >= 475 on CartPole-v1: agentsync cartpole-ppo (W = 1, 2) vs SB3 PPO.
 
     .venv/bin/python bench/ppo_vs_sb3.py [--seeds 0,1,2] [--max-steps 4000] [--split-sb3-envs]
+                                         [--lr-scaling linear|sqrt|none]
 
 Both sides evaluate every 4096 env steps (all workers together) on 10 deterministic episodes and
 stop at the first evaluation >= 475. SB3 uses RL-Zoo's CartPole hyperparameters (8 envs, n_steps 32,
@@ -8,10 +9,13 @@ batch 256, gae 0.8, gamma 0.98, 20 epochs, ent 0, lr and clip linear from 1e-3 /
 gradient clipping at 0.5). agentsync runs cartpole-ppo's defaults (the same PPO settings per worker,
 Adam 1e-3 and the clip ε 0.2 decayed linearly to 0 over the run's updates, the averaged gradient
 clipped at 0.5): over the default 4,000 updates the W = 2 run's schedule spans 102,400 env steps, SB3's
-100,000. Time is wall-clock from launching the run's process to seeing the hit (the parent polls
+100,000. Each W = 2 step averages two workers' 256-sample batches, a batch twice SB3's, so the W = 2
+run takes the linear scaling rule (``optimizer.lr_scaling=linear``: Adam 2e-3, decayed the same way;
+``--lr-scaling`` chooses). Time is wall-clock from launching the run's process to seeing the hit (the parent polls
 every 50 ms), so process start-up, imports and the process group are included on both sides.
 With ``--split-sb3-envs`` the W workers share SB3's 8 envs instead (8/W each: the same 256-transition
-rollout and 20 updates per rollout as SB3, strong scaling) and the schedule spans SB3's 1e5 env steps.
+rollout and 20 updates per rollout as SB3, strong scaling), the schedule spans SB3's 1e5 env steps,
+and the learning rate is not scaled (the global batch is SB3's).
 Prints JSON, with the issue's goals for W = 2: time <= 0.8x SB3's and env steps <= 1.2x.
 """
 from __future__ import annotations
@@ -54,7 +58,7 @@ def cartpole_ppo_defaults():
     return PPOConfig(), PPOTask.default_steps
 
 
-def agentsync_run(workers: int, seed: int, max_steps: int | None, split_sb3_envs: bool) -> dict:
+def agentsync_run(workers: int, seed: int, max_steps: int | None, split_sb3_envs: bool, lr_scaling: str) -> dict:
     """One run; polls metrics.jsonl for the first eval >= TARGET."""
     c, default_steps = cartpole_ppo_defaults()
     envs = SB3_ENVS // workers if split_sb3_envs else c.envs_per_worker
@@ -66,7 +70,7 @@ def agentsync_run(workers: int, seed: int, max_steps: int | None, split_sb3_envs
         cmd = [sys.executable, "-m", "agentsync", "train", "--out", out, "--task", "cartpole-ppo",
                "--strategy", "allreduce" if workers > 1 else "none", "--workers", str(workers),
                "--seed", str(seed), "--steps", str(max_steps), "--set", f"eval_every={eval_every}",
-               "--set", f"task.envs_per_worker={envs}"]
+               "--set", f"task.envs_per_worker={envs}", "--set", f"optimizer.lr_scaling={lr_scaling}"]
         start = time.time()
         proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         metrics, seen = Path(out) / "metrics.jsonl", 0
@@ -130,15 +134,18 @@ def main() -> None:
                         "schedule's horizon (default: cartpole-ppo's, or SB3's 1e5 env steps with --split-sb3-envs)")
     parser.add_argument("--split-sb3-envs", action="store_true",
                         help="W workers share SB3's 8 envs (same global rollout as SB3) instead of 8 envs each")
+    parser.add_argument("--lr-scaling", choices=("none", "linear", "sqrt"),
+                        help="agentsync's optimizer.lr_scaling (default: linear; none with --split-sb3-envs)")
     parser.add_argument("--sb3-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sb3_child is not None:
         return sb3_child(args.sb3_child)
     seeds = [int(s) for s in args.seeds.split(",")]
+    scaling = args.lr_scaling or ("none" if args.split_sb3_envs else "linear")
     load_before = os.getloadavg()[0]
     runs = {"sb3": [sb3_run(s) for s in seeds],
-            "agentsync_w1": [agentsync_run(1, s, args.max_steps, args.split_sb3_envs) for s in seeds],
-            "agentsync_w2": [agentsync_run(2, s, args.max_steps, args.split_sb3_envs) for s in seeds]}
+            "agentsync_w1": [agentsync_run(1, s, args.max_steps, args.split_sb3_envs, scaling) for s in seeds],
+            "agentsync_w2": [agentsync_run(2, s, args.max_steps, args.split_sb3_envs, scaling) for s in seeds]}
     medians = {name: {"time_s": median(rows, "time_s"), "env_steps": median(rows, "env_steps")}
                for name, rows in runs.items()}
     ratio = lambda a, k: (medians[a][k] / medians["sb3"][k]  # noqa: E731
@@ -149,7 +156,7 @@ def main() -> None:
                  "met": ratios["agentsync_w2"][k] is not None and ratios["agentsync_w2"][k] <= g}
              for k, g in GOALS.items()}
     print(json.dumps({"target": TARGET, "seeds": seeds, "max_steps": args.max_steps,
-                      "split_sb3_envs": args.split_sb3_envs, "cpu_count": os.cpu_count(),
+                      "split_sb3_envs": args.split_sb3_envs, "lr_scaling": scaling, "cpu_count": os.cpu_count(),
                       "load_avg_1m": {"before": load_before, "after": os.getloadavg()[0]}, "runs": runs,
                       "medians": medians, "ratios_vs_sb3": ratios, "goals_w2": goals}, indent=1))
 

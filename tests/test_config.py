@@ -30,6 +30,8 @@ BAD_INPUT = {
                                           "cannot create the run folder '/proc/agentsync-run'"),
     "unknown lr schedule": (["train", "--set", "optimizer.lr_schedule=cosine"],
                             "optimizer.lr_schedule must be one of constant, linear"),
+    "unknown lr scaling": (["train", "--set", "optimizer.lr_scaling=cubic"],
+                           "optimizer.lr_scaling must be one of linear, none, sqrt"),
     "negative clipping norm": (["train", "--set", "optimizer.max_grad_norm=-1"], "optimizer.max_grad_norm must be >= 0"),
 }
 

@@ -6,6 +6,7 @@ import pytest
 
 from agentsync.config import load_config, optimizer_choice
 from agentsync.optim import OptimizerConfig
+from agentsync.sync import STRATEGIES
 from conftest import agentsync
 
 
@@ -18,7 +19,7 @@ def resolved(task: str, strategy: str, *overrides: str) -> OptimizerConfig:
 
 def full(**fields) -> OptimizerConfig:
     return OptimizerConfig(**{"momentum": 0.0, "weight_decay": 0.0, "nesterov": False, "max_grad_norm": 0.0,
-                              "lr_schedule": "constant", "skip_nonfinite": True, **fields})
+                              "lr_schedule": "constant", "lr_scaling": "none", "skip_nonfinite": True, **fields})
 
 
 def test_no_preference_gives_the_task_defaults_under_the_user_fields():
@@ -79,3 +80,35 @@ def test_train_prints_the_chosen_optimizer(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.startswith("optimizer: ")]
     assert lines == ["optimizer: sgd lr=0.05 momentum=0.9 (the digits task's defaults; yours: name=sgd; "
                      "diloco's preferred optimizer not used, as you set optimizer.name=sgd)"]
+
+
+AVERAGING = {"allreduce": 4, "ps-sync": 4}
+"""Strategies whose step averages the workers' gradients (W = 4 here); every other one steps on one
+worker's own gradient (local steps, asynchronous pushes, independent members)."""
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_lr_scaling_counts_the_gradients_one_step_averages(strategy):
+    cfg = load_config(flags={"strategy.name": strategy, "workers": 4})
+    assert cfg.averaged_gradients() == AVERAGING.get(strategy, 1)
+
+
+def test_ps_sync_averages_its_replicas_to_aggregate():
+    """With backup workers a step averages replicas_to_aggregate gradients, not W."""
+    cfg = load_config(flags={"strategy.name": "ps-sync", "workers": 4},
+                      overrides=["strategy.replicas_to_aggregate=3"])
+    assert cfg.averaged_gradients() == 3
+
+
+@pytest.mark.parametrize("scaling, factor", [("none", 1.0), ("linear", 4.0), ("sqrt", 2.0)])
+def test_build_scales_the_learning_rate(scaling, factor):
+    import torch
+
+    config = full(name="adam", lr=1e-3, lr_scaling=scaling)
+    optimizer = config.build([torch.nn.Parameter(torch.zeros(2))], averaged=4)
+    assert optimizer.param_groups[0]["lr"] == 1e-3 * factor
+
+
+def test_the_printed_line_shows_the_scaled_learning_rate():
+    choice = optimizer_choice(flags={"task.name": "cartpole-ppo"}, overrides=["optimizer.lr_scaling=linear"])
+    assert "adam lr=0.001 lr_scaling=linear (x2 for 2 averaged gradients: lr=0.002)" in choice.describe(2)

@@ -41,6 +41,8 @@ def test_a_run_written_by_two_workers_resumes_on_four(tmp_path, strategy):
     (["--strategy", "gossip"], "each worker's replica and its place in the topology are its own"),
     (["--strategy", "ensemble"], "each ensemble member is a model of its own"),
     (["--task", "frozenlake-q", "--strategy", "allreduce"], "each worker's environments, statistics and replay are its own"),
+    (["--strategy", "allreduce", "--set", "optimizer.lr_scaling=linear"],
+     "optimizer.lr_scaling=linear scaled the learning rate for 2 averaged gradients"),
 ])
 def test_where_state_is_per_worker_another_count_is_refused(tmp_path, args, reason):
     run = tmp_path / "run"
@@ -49,3 +51,14 @@ def test_where_state_is_per_worker_another_count_is_refused(tmp_path, args, reas
     assert result.returncode == 2
     line, = result.stderr.strip().splitlines()
     assert line.startswith("agentsync: error: --resume cannot change workers under ") and reason in line
+
+
+def test_resume_refuses_optimizer_settings_its_saved_state_would_override(tmp_path):
+    """The optimizer's state_dict carries lr (and momentum, ...): a new value at --resume would be
+    silently replaced by the saved one, so it is refused."""
+    run = tmp_path / "run"
+    train(run, "--workers", "2", "--steps", "10", "--set", "eval_every=0")
+    result = agentsync("train", "--resume", str(run), "--steps", "20", "--set", "optimizer.lr=0.2")
+    assert result.returncode == 2
+    line, = result.stderr.strip().splitlines()
+    assert line.startswith("agentsync: error: --resume cannot change optimizer.lr: ")

@@ -70,6 +70,18 @@ def test_cli_clipping_under_allreduce_clips_the_mean_gradient(tmp_path):
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.parametrize("scaling, factor", [("linear", 2.0), ("sqrt", 2.0 ** 0.5)])
+def test_lr_scaling_under_allreduce_equals_the_scaled_learning_rate(tmp_path, scaling, factor):
+    """W = 2: lr_scaling multiplies lr by 2 (or √2), bit for bit the run given that lr outright."""
+    train(tmp_path / "scaled", "--steps", "10", *PLAIN_SGD, "--set", f"optimizer.lr_scaling={scaling}")
+    train(tmp_path / "given", "--steps", "10", *PLAIN_SGD, "--set", f"optimizer.lr={LR * factor!r}")
+    train(tmp_path / "plain", "--steps", "10", *PLAIN_SGD)
+    scaled = final_model(tmp_path / "scaled")
+    assert max_difference(scaled, final_model(tmp_path / "given")) == 0.0
+    assert max_difference(scaled, final_model(tmp_path / "plain")) > 1e-3
+
+
+@pytest.mark.timeout(240)
 def test_a_nan_gradient_on_one_rank_skips_that_step_on_every_rank(tmp_path):
     """Rank 1's loss is NaN at step 10 (0-based): the averaged gradient is NaN on both ranks, both
     skip the update (optimizer state too), so 11 steps with the fault equal 10 without it."""

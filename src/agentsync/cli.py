@@ -31,6 +31,7 @@ from agentsync.errors import ConfigError, JobFailed
 from agentsync.forking import discard_unused_fork_server, start_fork_server
 from agentsync.leave import leave_after_exit_handlers, leave_process
 from agentsync.metrics import SUMMARY, read_summary
+from agentsync.optim import OPTIMIZER_STATE_FIELDS
 from agentsync.sync import strategy_class
 from agentsync.tasks import task_class
 
@@ -180,7 +181,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     choice = (OptimizerChoice(cfg.optimizer, "saved in the run's config.toml") if resume else
               optimizer_choice(args.config, flags=flags, overrides=args.overrides))
     reporter = launch(cfg, resume=resume, progress=RichProgress,  # said once the run folder exists
-                      announce=lambda: print(f"optimizer: {choice.describe()}", file=sys.stderr))
+                      announce=lambda: print(f"optimizer: {choice.describe(cfg.averaged_gradients())}",
+                                                     file=sys.stderr))
     if reporter:
         print_summary(Path(cfg.out))
     return 0
@@ -201,10 +203,18 @@ def resume_config(run_dir: Path, flags: dict, overrides: list[str], config_file:
     for field in ("task", "strategy", "servers", "seed", "parallel"):
         if getattr(saved, field) != getattr(cfg, field):
             raise ConfigError(f"--resume cannot change {field}; start a new run instead")
+    for field in OPTIMIZER_STATE_FIELDS:
+        if getattr(saved.optimizer, field) != getattr(cfg.optimizer, field):
+            raise ConfigError(f"--resume cannot change optimizer.{field}: the optimizer's saved state keeps "
+                              "its settings; start a new run instead")
     if saved.workers != cfg.workers:
         why = (strategy_class(cfg.strategy.name).fixed_workers or cfg.strategy.fixed_workers()
                or task_class(cfg.task.name).fixed_workers
                or ("each pipeline stage's state is laid out over its replicas" if cfg.parallel.stages > 1 else ""))
+        scaled = cfg.optimizer.lr_scaling not in (None, "none")  # None: a run saved before the option
+        if not why and scaled and saved.averaged_gradients() != cfg.averaged_gradients():
+            why = (f"optimizer.lr_scaling={cfg.optimizer.lr_scaling} scaled the learning rate for "
+                   f"{saved.averaged_gradients()} averaged gradients, and the optimizer's saved state keeps it")
         if why:
             raise ConfigError(f"--resume cannot change workers under {cfg.strategy.name} on {cfg.task.name}: {why}; "
                               "start a new run instead")

@@ -19,7 +19,7 @@ import tomli_w
 from agentsync.actors import ActorsConfig
 from agentsync.comm import CommConfig, parse_faults, parse_stragglers
 from agentsync.errors import ConfigError
-from agentsync.optim import OptimizerConfig
+from agentsync.optim import OptimizerConfig, lr_scale
 from agentsync.parallel import Layout, ParallelConfig
 from agentsync.options import Options, check, choice, coerce
 from agentsync.sync import StrategyConfig, strategy_class
@@ -89,6 +89,10 @@ class RunConfig(Options):
     def world_size(self) -> int:
         """Processes the job runs: the strategy's, then the actors (actor-learner tasks)."""
         return self.learner_ranks + (self.actors.count or 0)
+
+    def averaged_gradients(self) -> int:
+        """Workers' gradients one optimizer step averages: what ``optimizer.lr_scaling`` scales lr by."""
+        return self.strategy.averaged_gradients(self.workers)
 
     def resolved(self) -> "RunConfig":
         """A copy with every default filled in from the task, ready to write and re-run."""
@@ -198,10 +202,14 @@ class OptimizerChoice:
     source: str
     """Why these settings, in a few words."""
 
-    def describe(self) -> str:
-        """``adamw lr=0.001 weight_decay=0.01 (diloco's preferred optimizer, ...)``: what train prints."""
+    def describe(self, averaged: int = 1) -> str:
+        """``adamw lr=0.001 weight_decay=0.01 (diloco's preferred optimizer, ...)``: what train prints;
+        ``averaged`` is the number of gradients a step averages, which ``lr_scaling`` scales lr by."""
         c = self.config
         parts = [f"{c.name} lr={c.lr:g}"]
+        if c.lr_scaling != "none":
+            factor = lr_scale(c.lr_scaling, averaged)
+            parts.append(f"lr_scaling={c.lr_scaling} (x{factor:g} for {averaged} averaged gradients: lr={c.lr * factor:g})")
         if c.name == "sgd" and c.momentum:
             parts.append(f"momentum={c.momentum:g}" + (" nesterov" if c.nesterov else ""))
         parts += [f"{f}={getattr(c, f):g}" for f in ("weight_decay", "max_grad_norm") if getattr(c, f)]

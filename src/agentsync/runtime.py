@@ -71,7 +71,7 @@ def build_parts(cfg: RunConfig, comm: Comm) -> tuple[Strategy, Task, torch.nn.Mo
     strategy, task = build_strategy_and_task(cfg, comm)
     torch.manual_seed(cfg.seed)
     model = task.build_model().to(comm.device)
-    optimizer = cfg.optimizer.build(model.parameters())
+    optimizer = cfg.optimizer.build(model.parameters(), cfg.averaged_gradients())
     return strategy, task, model, optimizer
 
 

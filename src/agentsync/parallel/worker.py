@@ -55,7 +55,7 @@ class PipelineWorker(Worker):
         self.keys = stage_keys(whole, module)
         if strategy.is_worker:
             self.driver = self._driver(task, units, module)
-        optimizer = cfg.optimizer.build(module.parameters())
+        optimizer = cfg.optimizer.build(module.parameters(), cfg.averaged_gradients())
         return strategy, task, module, optimizer
 
     def _driver(self, task, units: list[nn.Module], module: nn.Module) -> StageDriver:

@@ -45,6 +45,9 @@ class AllReduceConfig(StrategyConfig):
         check(self.bucket_mb > 0, f"{section}.bucket_mb", "> 0", self.bucket_mb)
         check(self.first_bucket_mb > 0, f"{section}.first_bucket_mb", "> 0", self.first_bucket_mb)
 
+    def averaged_gradients(self, workers: int) -> int:
+        return workers
+
 
 class Bucket:
     """A flat buffer holding the gradients of a few parameters, reduced as one message."""

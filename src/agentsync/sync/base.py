@@ -30,6 +30,11 @@ class StrategyConfig(Options):
         strategy class's :attr:`Strategy.fixed_workers` holds what no option changes."""
         return ""
 
+    def averaged_gradients(self, workers: int) -> int:
+        """How many workers' gradients one optimizer step averages (what ``optimizer.lr_scaling``
+        scales by): 1 where every step uses one worker's own gradient."""
+        return 1
+
 
 class Strategy(abc.ABC):
     """Keeps the replicas of one model in sync across worker processes.

@@ -34,6 +34,9 @@ class PSSyncConfig(PullConfig):
         r = self.replicas_to_aggregate
         check(r is None or 1 <= r <= run.workers, "strategy.replicas_to_aggregate", f"in [1, workers={run.workers}]", r)
 
+    def averaged_gradients(self, workers: int) -> int:
+        return self.replicas_to_aggregate or workers
+
 
 class SyncServer(ServerRole):
     """Sums the current round's gradients; one update once ``replicas`` of them have arrived."""
