@@ -139,7 +139,7 @@ def test_skip_nonfinite_decides_whether_a_nan_gradient_reaches_the_parameters(sk
 
 @pytest.mark.parametrize("flag, clip, skipped", [(1.0, 0.0, True), (0.0, 0.0, False), (0.0, 1.0, True)])
 def test_a_reductions_nonfinite_flag_decides_unless_a_norm_is_computed(flag, clip, skipped):
-    """``allreduce`` hands the update the flag its unscaling pass set. Without clipping the flag
+    """``allreduce`` hands the update what its buckets' sums say. Without clipping the flag
     alone decides (the gradient is not read again); with clipping the norm is computed anyway
     and checked, so a NaN the loop put in after the reduction is still caught."""
     from agentsync.update import UpdateRule
@@ -151,3 +151,18 @@ def test_a_reductions_nonfinite_flag_decides_unless_a_norm_is_computed(flag, cli
         model.bias.grad[0] = float("nan")
     update = UpdateRule(max_grad_norm=clip).build(optimizer)
     assert update(nonfinite=torch.tensor([flag])) is not skipped and update.skipped == int(skipped)
+
+
+@pytest.mark.parametrize("values, nonfinite", [
+    ([1.0, -2.0], False),
+    ([3e38, 3e38], False),          # finite values whose float32 sum overflows: confirmed finite
+    ([float("nan"), 1.0], True),
+    ([float("inf"), float("-inf")], True),  # the sum is NaN
+    ([-float("inf"), 0.0], True),
+])
+def test_allreduces_nonfinite_check_from_bucket_sums_is_exact(values, nonfinite):
+    """The mean is finite exactly when every element is, whatever the sums say on the way."""
+    from agentsync.sync.allreduce import holds_nonfinite
+
+    buffers = [torch.zeros(4), torch.tensor(values, dtype=torch.float32)]
+    assert holds_nonfinite(buffers, [b.sum() for b in buffers]) is nonfinite

@@ -6,9 +6,11 @@ so the same algorithm is driven from per-parameter post-accumulate-grad hooks. E
 into the bucket itself, and a gradient that arrives as a fresh tensor (after
 ``zero_grad(set_to_none=True)``) is copied in once and the view put back. A bucket's all-reduce
 starts as soon as its last gradient lands, in bucket order on every rank; a callback queued on
-the autograd engine waits for every bucket before ``backward()`` returns, as DDP's does, and
-divides each summed bucket by W in the same pass that looks for a non-finite value (the fused
-kernel ``GradScaler`` unscales with), so the step's non-finite check costs no pass of its own. So
+the autograd engine waits for every bucket before ``backward()`` returns, as DDP's does. As in
+DDP's reducer, a gradient is divided by W as it is copied into its bucket, so the reduced sum is
+the mean with no pass after it; the step's non-finite check reads each reduced bucket once (its
+sum, taken while later buckets are in flight) and is left out when the update computes a norm
+anyway or ``optimizer.skip_nonfinite`` is off. So
 ``p.grad`` holds the average when backward returns, and what a loop does between ``backward()``
 and :meth:`step` — clipping, logging, scaling — acts on the averaged gradient exactly as under DDP.
 :meth:`step` then runs the update (non-finite skip, clipping, step) and, for models with
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from typing import Iterator
 
 import torch
@@ -66,17 +69,17 @@ class Bucket:
 
     def mark_ready(self, i: int, divisor: int = 1) -> None:
         """Parameter ``i``'s gradient is complete: make sure it lives in the bucket, divided by
-        ``divisor`` in the same pass as the copy (a codec encodes g_i / W; a plain sum is divided
-        after the all-reduce, in the pass that checks it)."""
+        ``divisor`` in the same pass as the copy (DDP's ``mul_out``: the bucket holds g_i / W, so
+        its sum is the mean and no pass after the all-reduce is needed)."""
         param, view = self.params[i], self.views[i]
         if param.grad.data_ptr() != view.data_ptr():
             if divisor == 1:
                 view.copy_(param.grad)
             else:
-                torch.div(param.grad, divisor, out=view)
+                torch.mul(param.grad, 1.0 / divisor, out=view)
             param.grad = view
         elif divisor != 1:
-            view.div_(divisor)
+            view.mul_(1.0 / divisor)
         self.ready[i] = True
         self.pending -= 1
 
@@ -89,6 +92,17 @@ class Bucket:
 
     def reset(self) -> None:
         self.ready, self.pending, self.work = [False] * len(self.params), len(self.params), None
+
+
+def holds_nonfinite(buffers: list[torch.Tensor], sums: list[torch.Tensor]) -> bool:
+    """Whether any of ``buffers`` holds a NaN or inf, given their ``sums``.
+
+    A NaN or inf anywhere makes a float sum non-finite, so finite sums prove finite buffers at the
+    cost of the one read that took them; a non-finite sum (which finite values can also reach, by
+    overflowing) is confirmed element by element."""
+    if math.isfinite(sum(sums)):
+        return False
+    return not all(bool(torch.isfinite(b).all()) for b in buffers)
 
 
 def make_buckets(params: list[nn.Parameter], first_bytes: int, bytes_cap: int) -> list[Bucket]:
@@ -142,10 +156,11 @@ class AllReduce(Strategy):
         self._reduced = False      # gradients averaged since the last step
         self._deferred = False     # gradients accumulated under no_sync, to average at the step
         self._has_buffers = any(True for _ in self.model.buffers())
-        device = self.params[0].device
-        self._inv_workers = torch.full((1,), 1.0 / self.num_workers, device=device)
-        self._nonfinite = torch.zeros(1, device=device)  # 1 after a reduction that met a NaN or inf
-        self._divisor = 1 if self.compression is None else self.num_workers
+        rule = self.update.rule
+        self._checks_sums = self.compression is None and rule.skip_nonfinite and not rule.max_grad_norm
+        """Whether the reduced buckets' sums tell the update if the mean is finite (clipping computes
+        a norm that tells it; a codec's decoded sum is checked by the update itself)."""
+        self._sums: list[torch.Tensor] = []
         self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad_ready) for p in self.params]
 
     @contextlib.contextmanager
@@ -161,7 +176,7 @@ class AllReduce(Strategy):
             self._in_backward = True
             torch.autograd.Variable._execution_engine.queue_callback(self._reduce_all)
         bucket, i = self._bucket_of[id(param)]
-        bucket.mark_ready(i, self._divisor)
+        bucket.mark_ready(i, self.num_workers)
         if not self.local_clip:  # DGC's local clipping needs the whole gradient: buckets wait for the end
             self._launch_ready()
 
@@ -187,13 +202,19 @@ class AllReduce(Strategy):
                 bucket.fill_unready_()
             torch.nn.utils.clip_grad_norm_(self.params, self.local_clip)
         self._launch_ready(force=True)
-        self._nonfinite.zero_()
+        self._sums.clear()
         for bucket in self.buckets:
             bucket.work.wait()
-            if self.compression is None:  # the sum becomes the mean, and the check comes free
-                torch._amp_foreach_non_finite_check_and_unscale_([bucket.buffer], self._nonfinite, self._inv_workers)
+            if self._checks_sums:  # one read while the next bucket is still in flight
+                self._sums.append(bucket.buffer.sum())
             bucket.reset()
         self._next, self._in_backward, self._reduced = 0, False, True
+
+    def _nonfinite(self) -> bool | None:
+        """Whether the mean gradient holds a NaN or inf (None: the update checks it itself)."""
+        if not self._checks_sums:
+            return None
+        return holds_nonfinite([bucket.buffer for bucket in self.buckets], self._sums)
 
     def _step(self) -> None:
         if self._deferred:  # accumulated under no_sync: every gradient is complete now
@@ -201,11 +222,11 @@ class AllReduce(Strategy):
             for bucket in self.buckets:
                 for i, param in enumerate(bucket.params):
                     if param.grad is not None:
-                        bucket.mark_ready(i, self._divisor)
+                        bucket.mark_ready(i, self.num_workers)
         if not self._reduced:  # no backward since the last step: average the (zero) gradients all the same
             self._reduce_all()
         self._reduced = False
-        self.update(nonfinite=self._nonfinite if self.compression is None else None)
+        self.update(nonfinite=self._nonfinite())
         if self._has_buffers:
             broadcast_buffers_(self.comm, self.model)
 
