@@ -100,7 +100,7 @@ def holds_nonfinite(buffers: list[torch.Tensor], sums: list[torch.Tensor]) -> bo
     A NaN or inf anywhere makes a float sum non-finite, so finite sums prove finite buffers at the
     cost of the one read that took them; a non-finite sum (which finite values can also reach, by
     overflowing) is confirmed element by element."""
-    if math.isfinite(sum(sums)):
+    if math.isfinite(sum(float(s) for s in sums)):
         return False
     return not all(bool(torch.isfinite(b).all()) for b in buffers)
 
