@@ -133,7 +133,8 @@ def test_local_sgd_period_1_equals_allreduce(tmp_path):
     sgd = ["--workers", "2", "--steps", "50", "--set", "optimizer.name=sgd", "--set", "optimizer.lr=0.05",
            "--set", "optimizer.momentum=0"]
     train(tmp_path / "ar", "--strategy", "allreduce", *sgd)
-    train(tmp_path / "ls", "--strategy", "local-sgd", "--set", "strategy.period=1", *sgd)
+    with pytest.warns(UserWarning, match="local-sgd with period 1 averages every step"):  # and says so
+        train(tmp_path / "ls", "--strategy", "local-sgd", "--set", "strategy.period=1", *sgd)
     a = torch.load(tmp_path / "ar" / "checkpoint.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "ls" / "checkpoint.pt", weights_only=True)["model"]
     for key in a:
