@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 from typing import Iterator
 
@@ -72,7 +73,7 @@ class Bucket:
         ``divisor`` in the same pass as the copy (DDP's ``mul_out``: the bucket holds g_i / W, so
         its sum is the mean and no pass after the all-reduce is needed)."""
         param, view = self.params[i], self.views[i]
-        if param.grad.data_ptr() != view.data_ptr():
+        if param.grad is not view:  # a fresh tensor (after zero_grad(set_to_none=True))
             if divisor == 1:
                 view.copy_(param.grad)
             else:
@@ -145,7 +146,6 @@ class AllReduce(Strategy):
         mib = 1 << 20
         self.buckets = make_buckets(self.params, int(self.config.first_bucket_mb * mib),
                                     int(self.config.bucket_mb * mib))
-        self._bucket_of = {id(p): (b, i) for b in self.buckets for i, p in enumerate(b.params)}
         for bucket in self.buckets:
             for p, view in zip(bucket.params, bucket.views):
                 if p.grad is not None:
@@ -161,7 +161,8 @@ class AllReduce(Strategy):
         """Whether the reduced buckets' sums tell the update if the mean is finite (clipping computes
         a norm that tells it; a codec's decoded sum is checked by the update itself)."""
         self._sums: list[torch.Tensor] = []
-        self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad_ready) for p in self.params]
+        self._hooks = [p.register_post_accumulate_grad_hook(functools.partial(self._on_grad_ready, bucket, i))
+                       for bucket in self.buckets for i, p in enumerate(bucket.params)]
 
     @contextlib.contextmanager
     def no_sync(self) -> Iterator[None]:
@@ -169,15 +170,14 @@ class AllReduce(Strategy):
         self._deferred = True
         yield
 
-    def _on_grad_ready(self, param: nn.Parameter) -> None:
+    def _on_grad_ready(self, bucket: Bucket, i: int, param: nn.Parameter) -> None:
         if self._deferred:
             return
         if not self._in_backward:
             self._in_backward = True
             torch.autograd.Variable._execution_engine.queue_callback(self._reduce_all)
-        bucket, i = self._bucket_of[id(param)]
         bucket.mark_ready(i, self.num_workers)
-        if not self.local_clip:  # DGC's local clipping needs the whole gradient: buckets wait for the end
+        if not bucket.pending and not self.local_clip:  # DGC's local clipping needs the whole gradient first
             self._launch_ready()
 
     def _launch_ready(self, force: bool = False) -> None:
