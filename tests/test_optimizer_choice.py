@@ -109,6 +109,8 @@ def test_build_scales_the_learning_rate(scaling, factor):
     assert optimizer.param_groups[0]["lr"] == 1e-3 * factor
 
 
-def test_the_printed_line_shows_the_scaled_learning_rate():
+@pytest.mark.parametrize("averaged, says", [(2, "(x2 for 2 averaged gradients: lr=0.002)"),
+                                            (1, "(x1 for 1 gradient per step: lr=0.001)")])
+def test_the_printed_line_shows_the_scaled_learning_rate(averaged, says):
     choice = optimizer_choice(flags={"task.name": "cartpole-ppo"}, overrides=["optimizer.lr_scaling=linear"])
-    assert "adam lr=0.001 lr_scaling=linear (x2 for 2 averaged gradients: lr=0.002)" in choice.describe(2)
+    assert f"adam lr=0.001 lr_scaling=linear {says}" in choice.describe(averaged)

@@ -209,7 +209,8 @@ class OptimizerChoice:
         parts = [f"{c.name} lr={c.lr:g}"]
         if c.lr_scaling != "none":
             factor = lr_scale(c.lr_scaling, averaged)
-            parts.append(f"lr_scaling={c.lr_scaling} (x{factor:g} for {averaged} averaged gradients: lr={c.lr * factor:g})")
+            gradients = "1 gradient per step" if averaged == 1 else f"{averaged} averaged gradients"
+            parts.append(f"lr_scaling={c.lr_scaling} (x{factor:g} for {gradients}: lr={c.lr * factor:g})")
         if c.name == "sgd" and c.momentum:
             parts.append(f"momentum={c.momentum:g}" + (" nesterov" if c.nesterov else ""))
         parts += [f"{f}={getattr(c, f):g}" for f in ("weight_decay", "max_grad_norm") if getattr(c, f)]
