@@ -33,6 +33,20 @@ def test_ps_sync_clips_the_averaged_gradient_like_allreduce(tmp_path, servers):
     assert max((ours[k] - unclipped[k]).abs().max().item() for k in ours) > 1e-3  # clipping did bind
 
 
+@pytest.mark.timeout(300)
+def test_ps_sync_servers_step_with_the_scaled_learning_rate_and_its_schedule(tmp_path):
+    """lr_scaling composes with the servers' optimizers and the linear schedule: ps-sync (W = 2, both
+    replicas averaged) with lr 0.05 scaled ×2 equals the run given lr 0.1 outright, both decaying."""
+    decay = ["--set", "optimizer.lr_schedule=linear"]
+    train(tmp_path / "scaled", "--strategy", "ps-sync", *STEPS, *PLAIN_SGD, *decay,
+          "--set", "optimizer.lr_scaling=linear")
+    train(tmp_path / "given", "--strategy", "ps-sync", *STEPS, *PLAIN_SGD, *decay, "--set", "optimizer.lr=0.1")
+    train(tmp_path / "plain", "--strategy", "ps-sync", *STEPS, *PLAIN_SGD, *decay)
+    scaled, given, plain = (final_model(tmp_path / d) for d in ("scaled", "given", "plain"))
+    assert all(torch.equal(scaled[k], given[k]) for k in scaled)
+    assert max((scaled[k] - plain[k]).abs().max().item() for k in scaled) > 1e-3
+
+
 @pytest.mark.timeout(200)
 def test_ps_sync_skips_a_nonfinite_average_and_counts_it(tmp_path):
     """Rank 1's loss is NaN at step 5: the average of that step is not finite, so every server
