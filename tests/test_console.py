@@ -53,3 +53,16 @@ def test_a_refused_train_command_leaves_no_fork_server_behind(tmp_path, args, ex
     assert code == 2 and expected in err.read_text()
     assert fork_servers() - before == set()
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.timeout(120)
+def test_ranks_forked_from_the_server_find_its_imports_frozen():
+    """The server freezes what its imports allocated, so a rank's collections (two as it leaves its
+    process group) skip them: a process it forks starts with them in the permanent generation."""
+    import gc
+
+    from agentsync.forking import rank_context
+
+    with rank_context().Pool(1) as pool:
+        frozen = pool.apply(gc.get_freeze_count)
+    assert frozen > 100_000  # torch and agentsync allocate ~300,000 tracked objects on import

@@ -18,11 +18,12 @@ from multiprocessing import forkserver
 from multiprocessing.context import BaseContext
 
 PRELOAD = ["agentsync.runtime", "agentsync.tasks", "torch._dynamo", "torch.distributed.checkpoint",
-           "agentsync.launch.fork_server"]
+           "torch.utils.tensorboard", "agentsync.launch.fork_server"]
 """Imported once by the fork server, so each rank starts as a fork of a process that has them
 already. ``torch._dynamo`` is there because every optimizer's constructor imports it, DCP because
-every rank writes its own checkpoint with it; ``agentsync.launch.fork_server`` makes the server
-quick to leave."""
+every rank writes its own checkpoint with it, TensorBoard's writer because every rank's metrics
+log opens one; ``agentsync.launch.fork_server`` comes last: it makes the server quick to leave
+and freezes what the others allocated."""
 
 _forked = False  # whether a rank was ever started from the server
 
