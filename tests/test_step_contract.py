@@ -137,7 +137,7 @@ def test_skip_nonfinite_decides_whether_a_nan_gradient_reaches_the_parameters(sk
     assert torch.isnan(model.weight).any().item() is not skip
 
 
-@pytest.mark.parametrize("flag, clip, skipped", [(1.0, 0.0, True), (0.0, 0.0, False), (0.0, 1.0, True)])
+@pytest.mark.parametrize("flag, clip, skipped", [(True, 0.0, True), (False, 0.0, False), (False, 1.0, True)])
 def test_a_reductions_nonfinite_flag_decides_unless_a_norm_is_computed(flag, clip, skipped):
     """``allreduce`` hands the update what its buckets' sums say. Without clipping the flag
     alone decides (the gradient is not read again); with clipping the norm is computed anyway
@@ -150,7 +150,7 @@ def test_a_reductions_nonfinite_flag_decides_unless_a_norm_is_computed(flag, cli
     if clip:
         model.bias.grad[0] = float("nan")
     update = UpdateRule(max_grad_norm=clip).build(optimizer)
-    assert update(nonfinite=torch.tensor([flag])) is not skipped and update.skipped == int(skipped)
+    assert update(nonfinite=flag) is not skipped and update.skipped == int(skipped)
 
 
 @pytest.mark.parametrize("values, nonfinite", [

@@ -92,12 +92,12 @@ class Update:
         return schedule_factor(self.rule.lr_schedule, self.count, self.total_updates)
 
     @torch.no_grad()
-    def __call__(self, nonfinite: torch.Tensor | bool | None = None) -> bool:
+    def __call__(self, nonfinite: bool | None = None) -> bool:
         """Apply one update; False (and nothing changed) when the gradient is not finite.
 
-        ``nonfinite`` is what the strategy's reduction already found (true or non-zero where the gradient
-        holds a NaN or inf), which spares the check its own pass over the gradient; a norm computed
-        for clipping is checked instead.
+        ``nonfinite`` is what the strategy's reduction already found (True where the gradient holds
+        a NaN or inf), which spares the check its own pass over the gradient; a norm computed for
+        clipping is checked instead.
         """
         factor = self.lr_factor()
         self.count += 1
