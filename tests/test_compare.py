@@ -179,15 +179,18 @@ def test_advise_ranks_strategies_by_the_latencies_each_pays():
 
 
 def test_bad_compare_and_advise_input_is_one_line_and_exit_2(tmp_path):
-    for args in (["compare", "--strategies", "allreduce,nope", "--out", str(tmp_path / "a")],
+    (tmp_path / "seed-list.toml").write_text("[compare]\nseeds = [1, 2]\n")  # a count, not a list of seeds
+    for args in (["compare", "--config", str(tmp_path / "seed-list.toml"), "--out", str(tmp_path / "f")],
+                 ["compare", "--strategies", "allreduce,nope", "--out", str(tmp_path / "a")],
                  ["compare", "--workers", "0,2", "--out", str(tmp_path / "b")],
                  ["compare", "--strategies", "local-sgd:period", "--out", str(tmp_path / "c")],
                  ["compare", "--net", "latency=fast", "--out", str(tmp_path / "d")],
+                 ["compare", "--seeds", "0", "--out", str(tmp_path / "e")],
                  ["advise", "--latency", "2 parsecs"]):
         result = agentsync(*args)
         assert result.returncode == 2 and result.stderr.count("\n") == 1, (args, result.stderr)
         assert result.stderr.startswith("agentsync: error:")
-    assert not any((tmp_path / name).exists() for name in "abcd")
+    assert not any((tmp_path / name).exists() for name in "abcdef")
 
 
 @pytest.mark.parametrize("example", sorted(Path(__file__).parents[1].glob("examples/compare-*.toml")), ids=lambda p: p.stem)

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import shutil
 from pathlib import Path
@@ -24,6 +25,14 @@ from agentsync.runtime import ProgressFactory
 
 Announce = Callable[[], None]
 """Called once the run folder is ready, before any process starts: says what the run will do."""
+
+
+def freeze_imports() -> None:
+    """Called by a process that is one rank and runs one job (under torchrun, in a Ray actor):
+    moves what its imports allocated out of the garbage collector's reach (``gc.freeze``), as the
+    fork server does for the ranks it forks, so the rank's collections, among them the two it makes
+    as it leaves its process group, skip those ~300,000 objects (0.13 s a full collection)."""
+    gc.freeze()
 
 
 def prepare_run_dir(cfg: RunConfig, *, resume: bool, announce: Announce | None = None) -> Path:

@@ -42,7 +42,7 @@ from agentsync.checkpoint import CHECKPOINT, STATES, atomic_write, load_checkpoi
 from agentsync.comm import free_port
 from agentsync.config import RunConfig
 from agentsync.errors import ConfigError, JobFailed
-from agentsync.launch import Announce, prepare_run_dir, tolerated_loss
+from agentsync.launch import Announce, freeze_imports, prepare_run_dir, tolerated_loss
 from agentsync.metrics import METRICS
 from agentsync.runtime import ProgressFactory, run_worker
 
@@ -71,6 +71,7 @@ class Rank:
         if interface and "GLOO_SOCKET_IFNAME" not in os.environ:
             os.environ["GLOO_SOCKET_IFNAME"] = interface
         torch.set_num_threads(cfg.launch.threads_per_worker)
+        freeze_imports()
         if run_dir:
             run_worker(cfg, run_dir, resume=resume, progress=progress)
             return None

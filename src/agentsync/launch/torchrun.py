@@ -16,7 +16,7 @@ from pathlib import Path
 from agentsync.comm import Comm
 from agentsync.config import RunConfig
 from agentsync.errors import ConfigError
-from agentsync.launch import Announce, prepare_run_dir, restart_point, without_injected_failures
+from agentsync.launch import Announce, freeze_imports, prepare_run_dir, restart_point, without_injected_failures
 from agentsync.runtime import ProgressFactory, restarts, run_worker
 
 
@@ -36,6 +36,7 @@ def launch_torchrun(cfg: RunConfig, *, resume: bool, progress: ProgressFactory |
     restarted = restarts() > 0 and not resume  # torchrun --max-restarts started this attempt again
     if restarted:
         cfg = without_injected_failures(cfg)
+    freeze_imports()
     comm = Comm.from_env(cfg.comm)
     with comm.uncounted():
         cfg.out = comm.broadcast_bytes(cfg.out.encode(), src=0).decode()

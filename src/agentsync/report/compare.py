@@ -75,7 +75,7 @@ def study_from_args(args) -> tuple[Study, Path, float | None]:
     study = Study(task=spec.get("task", "digits"),
                   strategies=tuple(StrategySpec.parse(s) for s in as_list(spec.get("strategies", "allreduce,local-sgd"))),
                   workers=tuple(positive_ints(spec.get("workers", "1,2"), "workers")),
-                  seeds=positive_ints(spec.get("seeds", 1), "seeds")[0],
+                  seeds=seed_count(spec.get("seeds", 1)),
                   steps=spec.get("steps"), net=spec.get("net", ""), straggler=spec.get("straggler", ""),
                   overrides=tuple(spec["set"]), compressions=tuple(as_list(spec.get("compress", "none"))),
                   stages=tuple(positive_ints(spec.get("stages", 1), "stages")))
@@ -116,3 +116,10 @@ def positive_ints(value, name: str) -> list[int]:
     if not items or not all(item.isdigit() and int(item) >= 1 for item in items):
         raise ConfigError(f"--{name} must be integers >= 1, like 1,2,4 (got {value!r})")
     return [int(item) for item in items]
+
+
+def seed_count(value) -> int:
+    """``--seeds N`` runs seeds 0..N-1 in every cell: one count, not a list of seeds."""
+    if not str(value).strip().isdigit() or int(value) < 1:
+        raise ConfigError(f"--seeds must be one integer >= 1, the number of seeds (0..N-1) per cell (got {value!r})")
+    return int(value)
