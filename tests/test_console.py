@@ -66,3 +66,19 @@ def test_ranks_forked_from_the_server_find_its_imports_frozen():
     with rank_context().Pool(1) as pool:
         frozen = pool.apply(gc.get_freeze_count)
     assert frozen > 100_000  # torch and agentsync allocate ~300,000 tracked objects on import
+
+
+@pytest.mark.timeout(120)
+def test_a_torchrun_rank_freezes_its_imports(tmp_path):
+    """A rank torchrun started imported everything itself: it freezes those imports before it joins
+    its group, as the fork server does for the ranks it forks."""
+    from agentsync.comm import free_port
+
+    env = {**ENV, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port())}
+    script = ("import gc, sys; from agentsync.cli import main; "
+              f"code = main(['train', '--launcher', 'torchrun', '--workers', '1', '--steps', '2', '--out', {str(tmp_path / 'run')!r}]); "
+              "print(gc.get_freeze_count()); sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=100, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.split()[-1]) > 100_000  # ~300,000 tracked objects from torch's and agentsync's imports
