@@ -10,11 +10,15 @@ count against whoever it hit). Rank 0 prints JSON with the median per-step times
 of per-round ratios (agentsync / DDP). The loop is the one a DDP user writes:
 ``zero_grad(); loss.backward(); step``. agentsync's default step also checks that the gradient is
 finite (one pass over it, which DDP does not make); ``ours_unchecked`` runs with
-``optimizer.skip_nonfinite`` off, the same work as DDP's step.
+``optimizer.skip_nonfinite`` off, the same work as DDP's step. ``ddp_reducer_only`` drives DDP's
+C++ reducer without the wrapper's forward (the same reducer, bucket views on): the floor that
+torch's own machinery reaches for this algorithm, against which ``ours_unchecked`` is also
+compared.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -44,6 +48,16 @@ def timed_step(forward, optimizer, step, x, y) -> float:
     return time.perf_counter() - start
 
 
+def reducer_forward(ddp: DistributedDataParallel, x: torch.Tensor) -> torch.Tensor:
+    """DDP's C++ reducer without the wrapper's Python forward: what DDP's own machinery costs a step
+    with no Python between backward's gradients and their all-reduce (private calls; a floor, not a
+    way to train)."""
+    ddp.reducer.prepare_for_forward()
+    out = ddp.module(x)
+    ddp.reducer.prepare_for_backward([])
+    return out
+
+
 def worker(rank: int, world: int, port: int, args, queue) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -57,6 +71,9 @@ def worker(rank: int, world: int, port: int, args, queue) -> None:
         model = DistributedDataParallel(make_model(), gradient_as_bucket_view=as_view)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
         contenders[name] = (model, optimizer, optimizer.step)
+    reducer_only = DistributedDataParallel(make_model(), gradient_as_bucket_view=True)
+    optimizer = torch.optim.SGD(reducer_only.parameters(), lr=0.01)
+    contenders["ddp_reducer_only"] = (functools.partial(reducer_forward, reducer_only), optimizer, optimizer.step)
     for name, rule in (("ours", UpdateRule()), ("ours_unchecked", UpdateRule(skip_nonfinite=False))):
         model = make_model()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -81,6 +98,7 @@ def worker(rank: int, world: int, port: int, args, queue) -> None:
         params = sum(p.numel() for p in model.parameters())
         ratios = {peer: [t["ours"] / t[peer] for t in rounds] for peer in ("ddp", "ddp_bucket_view")}
         unchecked = [t["ours_unchecked"] / t["ddp"] for t in rounds]
+        floor = [t["ours_unchecked"] / t["ddp_reducer_only"] for t in rounds]
         queue.put({
             "benchmark": "allreduce_vs_ddp", "workers": world, "parameters": params, "batch": args.batch,
             "rounds": args.rounds, "steps_per_round": args.steps,
@@ -89,6 +107,7 @@ def worker(rank: int, world: int, port: int, args, queue) -> None:
             "ratio_max": max(ratios["ddp"]),
             "ratio_vs_bucket_view_median": statistics.median(ratios["ddp_bucket_view"]),
             "ratio_unchecked_median": statistics.median(unchecked),
+            "ratio_unchecked_vs_reducer_only_median": statistics.median(floor),
             "agentsync_bytes_sent_per_step": sync.stats["bytes_sent"] / sync.stats["steps"],
         })
     agentsync.shutdown()
