@@ -42,7 +42,7 @@ class RichProgress:
     """Rank 0's progress bar: step, loss, the task's metric, samples per second."""
 
     def __init__(self, total: int, start: int) -> None:
-        self._bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+        self._bar = Progress(TextColumn("[bold]train"), BarColumn(bar_width=20), MofNCompleteColumn(),
                              TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                              console=Console(stderr=True), transient=False)
         self._task = self._bar.add_task("train", total=total, completed=start, info="")
@@ -51,7 +51,8 @@ class RichProgress:
 
     def update(self, step: int, **fields: float) -> None:
         self._fields.update(fields)
-        info = "  ".join(f"{k} {v:.4g}" for k, v in self._fields.items())
+        info = "  ".join(f"{v:,.0f} samples/s" if k == "samples_per_s" else f"{k} {v:.4g}"
+                         for k, v in self._fields.items())
         self._bar.update(self._task, completed=step, info=info)
 
     def close(self) -> None:
