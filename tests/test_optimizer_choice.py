@@ -114,3 +114,30 @@ def test_build_scales_the_learning_rate(scaling, factor):
 def test_the_printed_line_shows_the_scaled_learning_rate(averaged, says):
     choice = optimizer_choice(flags={"task.name": "cartpole-ppo"}, overrides=["optimizer.lr_scaling=linear"])
     assert f"adam lr=0.001 lr_scaling=linear {says}" in choice.describe(averaged)
+
+
+@pytest.mark.parametrize("fields", [dict(name="sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4),
+                                    dict(name="adam", lr=1e-3), dict(name="adamw", lr=1e-3, weight_decay=0.1)],
+                         ids=lambda f: f["name"])
+def test_the_optimizer_steps_over_all_parameters_at_once_with_the_same_numbers(fields):
+    """``build`` asks for torch's foreach step (on the CPU torch would loop over the parameters in
+    Python): 200 steps end bit for bit where torch's default construction of the same optimizer does."""
+    import torch
+
+    def model() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 3))
+
+    ours, reference = model(), model()
+    optimizer = full(**fields).build(ours.parameters())
+    settings = {k: v for k, v in optimizer.defaults.items() if k in ("lr", "momentum", "nesterov", "weight_decay")}
+    torch_default = type(optimizer)(reference.parameters(), **settings)
+    assert optimizer.defaults["foreach"] is True and torch_default.defaults["foreach"] is None
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(200):
+        for a, b in zip(ours.parameters(), reference.parameters()):
+            a.grad = torch.randn(a.shape, generator=generator)
+            b.grad = a.grad.clone()
+        optimizer.step()
+        torch_default.step()
+    assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), reference.parameters()))

