@@ -83,8 +83,8 @@ class OptimizerConfig(Options):
         itself only for CUDA tensors: on the CPU it is the same arithmetic, each tensor through the
         same kernel, so the same numbers, with one call per operation instead of a Python loop over
         the parameters."""
-        lr = self.lr * lr_scale(self.lr_scaling, averaged)
+        settings = {"lr": self.lr * lr_scale(self.lr_scaling, averaged), "weight_decay": self.weight_decay,
+                    "foreach": True}
         if self.name == "sgd":
-            return torch.optim.SGD(params, lr=lr, momentum=self.momentum,
-                                   weight_decay=self.weight_decay, nesterov=self.nesterov, foreach=True)
-        return OPTIMIZERS[self.name](params, lr=lr, weight_decay=self.weight_decay, foreach=True)
+            settings.update(momentum=self.momentum, nesterov=self.nesterov)
+        return OPTIMIZERS[self.name](params, **settings)
