@@ -28,10 +28,13 @@ Announce = Callable[[], None]
 
 
 def freeze_imports() -> None:
-    """Called by a process that is one rank and runs one job (under torchrun, in a Ray actor):
-    moves what its imports allocated out of the garbage collector's reach (``gc.freeze``), as the
-    fork server does for the ranks it forks, so the rank's collections, among them the two it makes
-    as it leaves its process group, skip those ~300,000 objects (0.13 s a full collection)."""
+    """Move what this process's imports allocated out of the garbage collector's reach (``gc.freeze``).
+
+    Called where a process has imported what its ranks need and runs no other job after them: the
+    local launcher's fork server before it forks ranks (as the ``gc`` docs advise before forking),
+    a rank started by torchrun, a Ray actor. A rank's collections, among them the two it makes as it
+    leaves its process group, then skip those ~300,000 objects instead of walking them (0.13 s a
+    full collection, more in a fork, whose walk copies the pages it shares with the server)."""
     gc.freeze()
 
 

@@ -8,15 +8,11 @@ Here, unlike in the CLI's process, multiprocessing registered its exit handler b
 was imported, so that one is skipped: it joins ``Process`` children, and the server has none (it
 forks its ranks with ``os.fork`` and reaps them itself).
 
-Imported last, it also freezes what the imports before it allocated (``gc.freeze``, as the
-``gc`` docs advise before forking): the ranks' garbage collections, among them the two a rank
-makes as it leaves its process group, then skip what torch and agentsync allocated on import
-instead of walking them (about 300,000 objects: 0.13 s a collection, more in a fork whose
-walk copies the pages it shares with the server), and leave those pages shared.
+Imported last, it also freezes what the imports before it allocated (:func:`freeze_imports`),
+for the ranks it forks.
 """
-import gc
-
+from agentsync.launch import freeze_imports
 from agentsync.leave import leave_after_exit_handlers
 
 leave_after_exit_handlers(0)
-gc.freeze()
+freeze_imports()
